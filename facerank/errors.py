@@ -1,0 +1,132 @@
+"""Every error facerank raises on purpose, in one catalogue.
+
+Each class carries a stable ``code`` (used in rejection events, HTTP error bodies and CLI
+output, so clients can branch on it without parsing prose) and says whether retrying the same
+request can succeed (``retryable``): the event handlers map that to a retryable status so the
+broker backs off instead of dead-lettering a photo because the store blinked.
+"""
+
+
+class FacerankError(Exception):
+    """Base of all deliberate facerank errors; anything else escaping is a bug."""
+
+    code = "error"
+    retryable = False
+
+
+class ConfigError(FacerankError):
+    """A setting from the environment or a flag has an invalid value."""
+
+    code = "invalid_config"
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+class InvalidImageError(FacerankError):
+    """The bytes cannot be used as a photo; subclasses say why."""
+
+    code = "invalid_image"
+
+
+class UnreadableFileError(InvalidImageError):
+    """The file could not be read at all (missing, a directory, no permission)."""
+
+    code = "unreadable_file"
+
+
+class EmptyImageError(InvalidImageError):
+    code = "empty_image"
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The encoded file is larger than the configured byte limit."""
+
+    code = "image_too_large"
+
+
+class DecompressionBombError(InvalidImageError):
+    """The header declares more pixels than allowed; refused before decoding."""
+
+    code = "decompression_bomb"
+
+
+class NotAnImageError(InvalidImageError):
+    code = "not_an_image"
+
+
+class UnsupportedImageFormatError(InvalidImageError):
+    """A real image, but in a format outside the allow-list (e.g. EPS, PSD, ICO)."""
+
+    code = "unsupported_format"
+
+
+class TruncatedImageError(InvalidImageError):
+    code = "truncated_image"
+
+
+class CorruptImageError(InvalidImageError):
+    """The header parsed but the pixel data did not decode."""
+
+    code = "corrupt_image"
+
+
+class NoFaceError(FacerankError):
+    """A valid photo in which the detector found no face (large enough and confident enough)."""
+
+    code = "no_face"
+
+
+# --- object storage ----------------------------------------------------------------------
+
+
+class StoreError(FacerankError):
+    code = "store_error"
+
+
+class InvalidKeyError(StoreError):
+    """A bucket name or object key is malformed or would escape its bucket."""
+
+    code = "invalid_key"
+
+
+class InvalidMetadataError(StoreError):
+    """User metadata must be lowercase ``[a-z0-9-]`` names with printable ASCII values."""
+
+    code = "invalid_metadata"
+
+
+class ObjectNotFoundError(StoreError):
+    code = "object_not_found"
+
+
+class BucketNotFoundError(StoreError):
+    code = "bucket_not_found"
+
+
+class KeyConflictError(StoreError):
+    """The folder store cannot hold both ``a`` and ``a/b``: a file sits where a folder must."""
+
+    code = "key_conflict"
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or failed transiently; the same call may succeed later."""
+
+    code = "store_unavailable"
+    retryable = True
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+class ModelLoadError(FacerankError):
+    """An embedder could not be loaded: missing files, bad metadata, or a signature mismatch."""
+
+    code = "model_load_failed"
+
+
+class ChipShapeError(FacerankError):
+    """Face chips handed to an embedder do not match the chip size it declared."""
+
+    code = "chip_shape_mismatch"

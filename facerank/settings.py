@@ -1,0 +1,166 @@
+"""One settings object for every component, read from ``FACERANK_*`` variables and CLI flags.
+
+Why one object: the same code runs as a Knative function, a KServe predictor, a training pod
+and under ``facerank up``; each gets its configuration the same way (environment, as Kubernetes
+injects it), and flags only override. Secrets may come from a mounted file
+(``FACERANK_S3_SECRET_KEY_FILE``), as Kubernetes Secrets are mounted, and never appear in
+``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from facerank.errors import ConfigError
+
+StoreKind = Literal["folder", "s3"]
+AlignKind = Literal["eyes", "box"]
+
+ENV_PREFIX = "FACERANK_"
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/facerank`` (``~/.local/share/facerank``): user data, not the repo."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "facerank"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration shared by every facerank process. Field ``x`` is read from ``FACERANK_X``."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Root of local state; the folder store keeps bucket ``faces`` in ``buckets/faces``."""
+
+    store: StoreKind = "folder"
+    """``folder`` (embedded default) or ``s3`` (MinIO or any S3 endpoint)."""
+
+    s3_endpoint: str = ""
+    """``http(s)://host:port`` of the S3/MinIO server; required when ``store`` is ``s3``."""
+
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_region: str = "us-east-1"
+
+    faces_bucket: str = "faces"
+    """Where people drop photos: ``faces/<identity>/<file>``."""
+
+    gallery_bucket: str = "gallery"
+    """Aligned crops, metadata and per-model-version embeddings."""
+
+    models_bucket: str = "models"
+
+    model: str = "lbp-v0"
+    """Embedder name (``lbp-v0``) or path to an exported SavedModel directory."""
+
+    predictor_port: int = 8080
+
+    min_face_size: int = 40
+    """Smallest face side, in pixels of the original image, that detection reports."""
+
+    max_faces: int = 20
+    """At most this many faces (largest first) are reported per image."""
+
+    align: AlignKind = "eyes"
+    """``eyes``: align on detected eyes, falling back to the box; ``box``: always the box."""
+
+    min_face_confidence: float = 0.8
+    """Detections scoring below this are dropped (see ``HaarFaceDetector``)."""
+
+    max_image_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    """Decompression-bomb guard: header-declared width x height above this is refused."""
+
+    log_level: str = "INFO"
+
+    @property
+    def buckets_dir(self) -> Path:
+        """Root of the folder store; each bucket is a sub-folder."""
+        return self.data_dir / "buckets"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``FACERANK_*`` from ``env`` (default ``os.environ``); ``overrides`` win.
+
+        Overrides whose value is ``None`` are ignored, so argparse results can be passed
+        straight through. Unknown override names and unparsable values raise
+        :class:`ConfigError` naming the variable.
+        """
+        env = os.environ if env is None else env
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(overrides) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            raw = _read_env(env, name)
+            if raw is not None:
+                values[name] = _parse(name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"]).expanduser()
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated."""
+        settings = dataclasses.replace(self, **changes)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values no component could work with."""
+        if self.store not in ("folder", "s3"):
+            raise ConfigError(f"FACERANK_STORE must be 'folder' or 's3', not {self.store!r}")
+        if self.store == "s3" and not self.s3_endpoint:
+            raise ConfigError("FACERANK_S3_ENDPOINT is required when FACERANK_STORE=s3")
+        if self.align not in ("eyes", "box"):
+            raise ConfigError(f"FACERANK_ALIGN must be 'eyes' or 'box', not {self.align!r}")
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            raise ConfigError("FACERANK_S3_ENDPOINT must start with http:// or https://")
+        if not 0.0 <= self.min_face_confidence < 1.0:
+            raise ConfigError("FACERANK_MIN_FACE_CONFIDENCE must be in [0, 1)")
+        if not 0 < self.predictor_port < 65536:
+            raise ConfigError(f"FACERANK_PREDICTOR_PORT out of range: {self.predictor_port}")
+        for name in ("min_face_size", "max_faces", "max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+
+
+def _read_env(env: Mapping[str, str], name: str) -> str | None:
+    """``FACERANK_NAME``, or the contents of the file named by ``FACERANK_NAME_FILE``."""
+    var = ENV_PREFIX + name.upper()
+    if var in env:
+        return env[var]
+    path = env.get(var + "_FILE")
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{var}_FILE points at an unreadable file: {exc.strerror}") from None
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    """Convert one environment string to the field's type (annotations are strings here)."""
+    var = ENV_PREFIX + name.upper()
+    if type_name == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be an integer, not {raw!r}") from None
+    if type_name == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be a number, not {raw!r}") from None
+    if type_name == "Path":
+        return Path(raw)
+    return raw
