@@ -1,0 +1,23 @@
+"""Face detection and alignment: from an RGB photo to embedder-ready face chips."""
+
+from facerank.faces.align import (
+    ARCFACE_CHIP_112,
+    DLIB_CHIP_150,
+    AlignedFace,
+    AlignMode,
+    ChipSpec,
+    align_face,
+)
+from facerank.faces.detect import Detection, FaceDetector, HaarFaceDetector
+
+__all__ = [
+    "ARCFACE_CHIP_112",
+    "DLIB_CHIP_150",
+    "AlignMode",
+    "AlignedFace",
+    "ChipSpec",
+    "Detection",
+    "FaceDetector",
+    "HaarFaceDetector",
+    "align_face",
+]
