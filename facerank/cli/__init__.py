@@ -1,0 +1,1 @@
+"""The ``facerank`` command line. Modules here import no TensorFlow at start-up."""

@@ -1,0 +1,147 @@
+"""The face pipeline: photo -> faces (box, score, aligned chip) -> embeddings.
+
+One object, built from :class:`~facerank.settings.Settings`, used the same way by the CLI, the
+enroll function, the predictor and evaluation, so every path decodes, detects and aligns
+identically; only where the photo comes from differs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from facerank.embedding import Embedder, load_embedder
+from facerank.errors import InvalidImageError
+from facerank.faces import AlignedFace, AlignMode, Detection, FaceDetector, HaarFaceDetector
+from facerank.faces.align import align_face
+from facerank.imaging import read_image_file
+from facerank.settings import Settings
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Face:
+    detection: Detection
+    aligned: AlignedFace
+
+
+@dataclass(frozen=True)
+class ImageFaces:
+    """Everything the pipeline learned from one photo (the chips, not the full pixels)."""
+
+    width: int
+    height: int
+    faces: list[Face]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One file's outcome: its faces, or the typed reason it could not be used."""
+
+    path: Path
+    result: ImageFaces | InvalidImageError
+
+
+class FacePipeline:
+    """Detector + aligner + embedder, with the chip layout dictated by the embedder."""
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        embedder: Embedder,
+        *,
+        align_mode: AlignMode = "eyes",
+        max_image_bytes: int | None = None,
+        max_image_pixels: int | None = None,
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.align_mode = align_mode
+        self._limits = {
+            k: v
+            for k, v in (("max_bytes", max_image_bytes), ("max_pixels", max_image_pixels))
+            if v is not None
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FacePipeline:
+        return cls(
+            detector_from_settings(settings),
+            load_embedder(settings.model),
+            align_mode=settings.align,
+            max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
+        )
+
+    @property
+    def model_version(self) -> str:
+        return self.embedder.model_version
+
+    def analyze(self, pixels: np.ndarray) -> ImageFaces:
+        """Detect every face (largest first) and align each into the embedder's chip."""
+        faces = [
+            Face(d, align_face(pixels, d, self.embedder.chip, self.align_mode))
+            for d in self.detector.detect(pixels)
+        ]
+        return ImageFaces(width=pixels.shape[1], height=pixels.shape[0], faces=faces)
+
+    def analyze_file(self, path: Path) -> FileResult:
+        """Read, decode and analyze one file; bad images become a result, not an exception."""
+        try:
+            decoded = read_image_file(path, **self._limits)
+        except InvalidImageError as exc:
+            return FileResult(path, exc)
+        return FileResult(path, self.analyze(decoded.pixels))
+
+    def analyze_files(
+        self, paths: Iterable[Path], *, workers: int | None = None
+    ) -> Iterator[FileResult]:
+        """:meth:`analyze_file` over many files in parallel threads, results in input order.
+
+        OpenCV and Pillow release the GIL while they work, so threads use every core; the
+        look-ahead is bounded so thousands of paths never hold thousands of photos in memory.
+        """
+        return ordered_map(self.analyze_file, paths, workers=workers or os.cpu_count() or 1)
+
+    def embed(self, faces: Sequence[Face]) -> np.ndarray:
+        """Embeddings of ``faces`` in one batch: ``(len(faces), dim)`` float32 unit rows."""
+        if not faces:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        return self.embedder.embed(np.stack([f.aligned.chip for f in faces]))
+
+
+def detector_from_settings(settings: Settings) -> HaarFaceDetector:
+    return HaarFaceDetector(
+        min_face_size=settings.min_face_size,
+        max_faces=settings.max_faces,
+        min_confidence=settings.min_face_confidence,
+    )
+
+
+def image_limits(settings: Settings) -> dict[str, int]:
+    """The decoder's byte and pixel limits, as keyword arguments for ``read_image_file``."""
+    return {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], *, workers: int, lookahead: int | None = None
+) -> Iterator[R]:
+    """Like ``Executor.map`` but lazy: at most ``lookahead`` calls run or wait ahead."""
+    window = lookahead or 2 * workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facerank") as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
