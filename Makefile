@@ -1,0 +1,44 @@
+# The two Quickstart commands. Both create .venv on first use and are safe to re-run:
+# the venv is rebuilt only when pyproject.toml changes.
+#   make up    set everything up and run `facerank up`
+#   make test  set everything up and run the linters and the test suite
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-test
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: up test lint setup setup-test clean
+
+up: $(RUNTIME_STAMP)
+	$(BIN)/facerank up
+
+test: $(TEST_STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+setup: $(RUNTIME_STAMP)
+setup-test: $(TEST_STAMP)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "facerank needs Python >= 3.11 (found: $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet --editable .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
+	$(PIP) install --quiet --editable '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
