@@ -55,11 +55,10 @@ from facerank.storage.keys import (
     DEFAULT_CONTENT_TYPE,
     RESERVED_PREFIX,
     check_bucket,
-    check_content_type,
     check_key,
     check_prefix,
+    check_put,
     is_valid_key,
-    normalise_metadata,
     shown,
 )
 
@@ -154,10 +153,7 @@ class FolderStore:
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
-        check_bucket(bucket)
-        check_key(key)
-        check_content_type(content_type)
-        clean_metadata = normalise_metadata(metadata)
+        clean_metadata = check_put(bucket, key, content_type, metadata)
         etag = _md5(data)
 
         def describe(st: os.stat_result) -> _Sidecar:

@@ -169,6 +169,16 @@ def check_content_type(content_type: str) -> str:
     return content_type
 
 
+def check_put(
+    bucket: str, key: str, content_type: str, metadata: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Everything a put must satisfy on either backend; returns the normalised metadata."""
+    check_bucket(bucket)
+    check_key(key)
+    check_content_type(content_type)
+    return normalise_metadata(metadata)
+
+
 def normalise_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     """User metadata with lowercased names, checked against S3's header rules.
 

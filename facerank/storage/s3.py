@@ -26,11 +26,10 @@ from facerank.storage.base import ObjectInfo, StoredObject, bucket_not_found, ob
 from facerank.storage.keys import (
     DEFAULT_CONTENT_TYPE,
     check_bucket,
-    check_content_type,
     check_key,
     check_prefix,
+    check_put,
     is_valid_key,
-    normalise_metadata,
     shown,
 )
 
@@ -88,10 +87,7 @@ class S3Store:
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
-        check_bucket(bucket)
-        check_key(key)
-        check_content_type(content_type)
-        clean_metadata = normalise_metadata(metadata)
+        clean_metadata = check_put(bucket, key, content_type, metadata)
         with self._errors(bucket, key):
             result = self._client.put_object(
                 bucket,
