@@ -20,8 +20,10 @@ from facerank.errors import ConfigError
 
 StoreKind = Literal["folder", "s3"]
 AlignKind = Literal["eyes", "box"]
+EnrollFaces = Literal["largest", "all"]
 
 ENV_PREFIX = "FACERANK_"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_data_dir() -> Path:
@@ -60,6 +62,26 @@ class Settings:
     """Embedder name (``lbp-v0``) or path to an exported SavedModel directory."""
 
     predictor_port: int = 8080
+
+    broker_port: int = 8090
+    """Local broker ingress (embedded mode; in a cluster the Knative Broker replaces it)."""
+
+    source_port: int = 8091
+    """Bucket event source: MinIO webhook and SNS endpoints."""
+
+    enroll_port: int = 8092
+
+    webhook_token: str = field(default="", repr=False)
+    """Bearer token MinIO must send to the webhook (its ``auth_token``); empty: not checked."""
+
+    reconcile_interval: int = 60
+    """Seconds between reconcile passes of the event source (0: only at start)."""
+
+    enroll_faces: EnrollFaces = "largest"
+    """``largest``: enroll the largest face of a photo; ``all``: every face found."""
+
+    eventing_dir: Path = field(default_factory=lambda: _REPO_ROOT / "infra" / "base" / "eventing")
+    """Knative Broker and Trigger manifests; the local broker routes by the same files."""
 
     min_face_size: int = 40
     """Smallest face side, in pixels of the original image, that detection reports."""
@@ -127,8 +149,13 @@ class Settings:
             raise ConfigError("FACERANK_S3_ENDPOINT must start with http:// or https://")
         if not 0.0 <= self.min_face_confidence < 1.0:
             raise ConfigError("FACERANK_MIN_FACE_CONFIDENCE must be in [0, 1)")
-        if not 0 < self.predictor_port < 65536:
-            raise ConfigError(f"FACERANK_PREDICTOR_PORT out of range: {self.predictor_port}")
+        for name in ("predictor_port", "broker_port", "source_port", "enroll_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} out of range: {getattr(self, name)}")
+        if self.enroll_faces not in ("largest", "all"):
+            raise ConfigError("FACERANK_ENROLL_FACES must be 'largest' or 'all'")
+        if self.reconcile_interval < 0:
+            raise ConfigError("FACERANK_RECONCILE_INTERVAL must not be negative")
         for name in ("min_face_size", "max_faces", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
