@@ -77,6 +77,18 @@ class NoFaceError(FacerankError):
     code = "no_face"
 
 
+class FaceTooSmallError(NoFaceError):
+    """Faces were seen, but all smaller than the configured minimum size."""
+
+    code = "face_too_small"
+
+
+class InvalidIdentityError(FacerankError):
+    """A photo's key does not name a usable identity (``faces/<identity>/<file>``)."""
+
+    code = "invalid_identity"
+
+
 # --- object storage ----------------------------------------------------------------------
 
 

@@ -63,6 +63,12 @@ DLIB_CHIP_150 = ChipSpec(150, (47.7, 47.1), (100.3, 47.1))
 ARCFACE_CHIP_112 = ChipSpec(112, (38.29, 51.6), (73.53, 51.6))
 
 
+# The gallery's stored crop: eyes 64 px apart, wide enough to hold the field of view of both
+# layouts above (and any chip reaching 1.75 eye distances above the eyes, 2.25 below and 2 to
+# each side), so a later model with another chip spec can be re-embedded from it.
+GALLERY_CROP_256 = ChipSpec(256, (96.0, 112.0), (160.0, 112.0))
+
+
 @dataclass(frozen=True)
 class AlignedFace:
     chip: np.ndarray
@@ -99,6 +105,15 @@ def align_face(
         borderValue=(0, 0, 0),
     )
     return AlignedFace(chip=chip, method=method, transform=matrix)  # type: ignore[arg-type]
+
+
+def rechip(crop: np.ndarray, crop_spec: ChipSpec, spec: ChipSpec) -> np.ndarray:
+    """Re-align a stored crop (laid out as ``crop_spec``) into another embedder's ``spec``."""
+    size = crop_spec.size
+    detection = Detection(
+        box=(0, 0, size, size), confidence=1.0, eyes=(crop_spec.left_eye, crop_spec.right_eye)
+    )
+    return align_face(crop, detection, spec).chip
 
 
 def similarity_transform(src: tuple[Point, Point], dst: tuple[Point, Point]) -> np.ndarray:

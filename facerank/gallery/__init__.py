@@ -1,0 +1,16 @@
+"""The gallery of enrolled faces: crops, records and per-model-version embeddings."""
+
+from facerank.gallery.gallery import Gallery, GalleryMatrix
+from facerank.gallery.identity import identity_from_key, normalise_identity
+from facerank.gallery.records import EnrolledFace, SourceRecord, face_id, source_id
+
+__all__ = [
+    "EnrolledFace",
+    "Gallery",
+    "GalleryMatrix",
+    "SourceRecord",
+    "face_id",
+    "identity_from_key",
+    "normalise_identity",
+    "source_id",
+]

@@ -1,0 +1,238 @@
+"""The gallery: enrolled faces in the object store, the source of truth for search.
+
+Layout in the gallery bucket::
+
+    identities/<identity>/<source_id>.json    one commit record per source photo
+    faces/<face_id>/crop.png                   the aligned crop (GALLERY_CROP_256 layout)
+    faces/<face_id>/<model_version>.f32        its embedding by that model, float32 LE
+
+Why this shape:
+
+* Crops are the truth and embeddings are derived, stored per model version beside the crop,
+  so a new model re-embeds from crops and two versions never share a file.
+* Every write goes to an object of its own: N concurrent enrollments of different photos touch
+  disjoint keys, so none can lose another's update without any locking.
+* A record is written last and deleted first. Readers believe only faces a record lists, so
+  a crash mid-enrollment or mid-removal leaves the old state or the new one as far as any
+  query can tell; unreferenced face objects are collected later.
+* Records live under their identity, so listing one identity is one prefix listing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import cv2
+import numpy as np
+
+from facerank.embedding.base import validate_model_version
+from facerank.errors import InvalidIdentityError, ObjectNotFoundError
+from facerank.faces.align import GALLERY_CROP_256
+from facerank.gallery.identity import identity_from_key, normalise_identity
+from facerank.gallery.records import SourceRecord, source_id
+from facerank.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+RECORDS = "identities/"
+FACES = "faces/"
+CROP_NAME = "crop.png"
+ORPHAN_GRACE = timedelta(minutes=10)
+"""Face objects younger than this are never collected: their record may be on its way."""
+
+
+@dataclass(frozen=True)
+class GalleryMatrix:
+    """Every enrolled face of one model version, ready for one matrix product."""
+
+    model_version: str
+    face_ids: list[str]
+    identities: list[str]
+    vectors: np.ndarray
+    """``(len(face_ids), dim)`` float32, unit rows."""
+
+
+class Gallery:
+    """Enrolled faces of one gallery bucket."""
+
+    def __init__(self, store: ObjectStore, bucket: str) -> None:
+        self.store = store
+        self.bucket = bucket
+
+    def ensure(self) -> None:
+        self.store.ensure_bucket(self.bucket)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def enroll(
+        self,
+        record: SourceRecord,
+        crops: Sequence[np.ndarray],
+        vectors: np.ndarray,
+        model_version: str,
+    ) -> SourceRecord:
+        """Store ``record``'s faces (crops + embeddings), then commit the record.
+
+        Replaces what an earlier version of the same photo enrolled: the new record takes its
+        place in one write, then faces only the old record listed are removed. Idempotent: the
+        same record again rewrites identical objects.
+        """
+        validate_model_version(model_version)
+        if not len(crops) == len(vectors) == len(record.faces):
+            raise ValueError("record, crops and vectors must describe the same faces")
+        previous = self.record(record.bucket, record.key)
+        for face, crop, vector in zip(record.faces, crops, vectors, strict=True):
+            self._put_crop(face.face_id, crop)
+            self._put_embedding(face.face_id, model_version, vector)
+        committed = record.with_model_version(model_version)
+        self._put_record(committed)
+        if previous is not None:
+            kept = {f.face_id for f in committed.faces}
+            self._delete_faces(f.face_id for f in previous.faces if f.face_id not in kept)
+        return committed
+
+    def remove_source(self, bucket: str, key: str) -> SourceRecord | None:
+        """Un-enroll everything one source photo contributed; the removed record, if any."""
+        record = self.record(bucket, key)
+        if record is not None:
+            self._remove(record)
+        return record
+
+    def remove_identity(self, identity: str) -> list[SourceRecord]:
+        """Un-enroll every face of ``identity``; the removed records."""
+        records = list(self.records(normalise_identity(identity)))
+        for record in records:
+            self._remove(record)
+        return records
+
+    def collect_orphans(self, *, now: datetime | None = None) -> int:
+        """Delete face objects no record lists (left by crashes), older than the grace period."""
+        referenced = {f.face_id for r in self.records() for f in r.faces}
+        cutoff = (now or datetime.now(UTC)) - ORPHAN_GRACE
+        removed = 0
+        for info in self.store.list(self.bucket, FACES):
+            face = info.key[len(FACES) :].split("/", 1)[0]
+            if face not in referenced and info.last_modified < cutoff:
+                self.store.delete(self.bucket, info.key)
+                removed += 1
+        return removed
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def record(self, bucket: str, key: str) -> SourceRecord | None:
+        """The record of one source photo, or None (also for keys naming no valid identity)."""
+        try:
+            identity = identity_from_key(key)
+        except InvalidIdentityError:
+            return None
+        return self._read_record(_record_key(identity, source_id(bucket, key)))
+
+    def records(self, identity: str | None = None) -> Iterator[SourceRecord]:
+        """Every record, or those of one identity, in key order."""
+        prefix = RECORDS if identity is None else f"{RECORDS}{normalise_identity(identity)}/"
+        for info in self.store.list(self.bucket, prefix):
+            record = self._read_record(info.key)
+            if record is not None:
+                yield record
+
+    def identities(self) -> dict[str, int]:
+        """Enrolled face count per identity."""
+        counts: dict[str, int] = {}
+        for record in self.records():
+            counts[record.identity] = counts.get(record.identity, 0) + len(record.faces)
+        return counts
+
+    def sources(self) -> dict[tuple[str, str], str]:
+        """``(bucket, key) -> etag`` of every enrolled photo: what reconcile compares."""
+        return {(r.bucket, r.key): r.etag for r in self.records()}
+
+    def matrix(self, model_version: str) -> GalleryMatrix:
+        """All faces embedded by ``model_version``, stacked for vectorised search."""
+        face_ids: list[str] = []
+        identities: list[str] = []
+        vectors: list[np.ndarray] = []
+        for record in self.records():
+            if model_version not in record.model_versions:
+                continue
+            for face in record.faces:
+                face_ids.append(face.face_id)
+                identities.append(record.identity)
+                vectors.append(self.embedding(face.face_id, model_version))
+        matrix = np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
+        return GalleryMatrix(model_version, face_ids, identities, matrix)
+
+    def embedding(self, face: str, model_version: str) -> np.ndarray:
+        data = self.store.get(self.bucket, _embedding_key(face, model_version)).data
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+    def crop(self, face: str) -> np.ndarray:
+        """The stored crop of ``face`` as RGB, laid out as ``GALLERY_CROP_256``."""
+        data = self.store.get(self.bucket, f"{FACES}{face}/{CROP_NAME}").data
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def face_keys(self, face: str) -> list[str]:
+        """Every object stored for one face (its crop and each model's embedding)."""
+        return [info.key for info in self.store.list(self.bucket, f"{FACES}{face}/")]
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _remove(self, record: SourceRecord) -> None:
+        self.store.delete(self.bucket, _record_key(record.identity, record.source_id))
+        self._delete_faces(f.face_id for f in record.faces)
+
+    def _delete_faces(self, faces: Iterable[str]) -> None:
+        for face in faces:
+            for key in self.face_keys(face):
+                self.store.delete(self.bucket, key)
+
+    def _put_crop(self, face: str, crop: np.ndarray) -> None:
+        if crop.shape != (GALLERY_CROP_256.size, GALLERY_CROP_256.size, 3):
+            raise ValueError(f"crop must be laid out as GALLERY_CROP_256, got {crop.shape}")
+        ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError("PNG encoding of a face crop failed")
+        self.store.put(
+            self.bucket, f"{FACES}{face}/{CROP_NAME}", png.tobytes(), content_type="image/png"
+        )
+
+    def _put_embedding(self, face: str, model_version: str, vector: np.ndarray) -> None:
+        data = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+        self.store.put(
+            self.bucket,
+            _embedding_key(face, model_version),
+            data,
+            metadata={"model-version": model_version, "dim": str(len(vector))},
+        )
+
+    def _put_record(self, record: SourceRecord) -> None:
+        body = json.dumps(record.to_json(), ensure_ascii=False, indent=1).encode("utf-8")
+        self.store.put(
+            self.bucket,
+            _record_key(record.identity, record.source_id),
+            body,
+            content_type="application/json",
+        )
+
+    def _read_record(self, key: str) -> SourceRecord | None:
+        try:
+            data = self.store.get(self.bucket, key).data
+        except ObjectNotFoundError:
+            return None
+        try:
+            return SourceRecord.from_json(json.loads(data))
+        except ValueError as exc:
+            log.warning("ignoring unreadable gallery record %s: %s", key, exc)
+            return None
+
+
+def _record_key(identity: str, source: str) -> str:
+    return f"{RECORDS}{identity}/{source}.json"
+
+
+def _embedding_key(face: str, model_version: str) -> str:
+    return f"{FACES}{face}/{model_version}.f32"
