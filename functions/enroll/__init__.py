@@ -1,0 +1,1 @@
+"""The enroll function: object events of the faces bucket in, gallery entries out."""
