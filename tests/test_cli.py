@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,24 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.plugins.cli import run_facerank as facerank
 from tests.plugins.faces import ASTRONAUT_FACE_BOX, encode
 
 BIN = Path(sys.executable).parent
-
-
-def facerank(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FACERANK_DATA_DIR": str(data_dir)}
-    result = subprocess.run(
-        [sys.executable, "-m", "facerank.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
-    return result
 
 
 def json_lines(text: str) -> list[dict]:
@@ -127,16 +112,9 @@ def test_up_prepares_the_data_dir_and_reports_each_identity(
 
 
 def test_up_reports_an_invalid_setting_clearly(tmp_path: Path) -> None:
-    env_result = subprocess.run(
-        [sys.executable, "-m", "facerank.cli.main", "up"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "FACERANK_DATA_DIR": str(tmp_path), "FACERANK_STORE": "ftp"},
-        timeout=60,
-        check=False,
-    )
-    assert env_result.returncode == 2
-    assert "invalid_config: FACERANK_STORE must be" in env_result.stderr
+    result = facerank("up", data_dir=tmp_path, env={"FACERANK_STORE": "ftp"}, check=False)
+    assert result.returncode == 2
+    assert "invalid_config: FACERANK_STORE must be" in result.stderr
 
 
 def test_console_script_is_installed() -> None:

@@ -10,7 +10,36 @@ from facerank.errors import ModelLoadError
 
 BUILTIN_EMBEDDERS = ("lbp-v0",)
 
-__all__ = ["BUILTIN_EMBEDDERS", "Embedder", "LbpEmbedder", "l2_normalize", "load_embedder"]
+__all__ = [
+    "BUILTIN_EMBEDDERS",
+    "Embedder",
+    "LbpEmbedder",
+    "l2_normalize",
+    "load_embedder",
+    "model_version_of",
+]
+
+
+def model_version_of(name: str) -> str:
+    """The version ``load_embedder(name)`` would report, read without loading any weights.
+
+    For an exported model only its card is read, so listing the gallery never imports TensorFlow.
+    """
+    if name in BUILTIN_EMBEDDERS:
+        return name
+    from facerank.embedding.savedmodel import ModelCard
+
+    return ModelCard.read(_model_dir(name)).version
+
+
+def _model_dir(name: str) -> Path:
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"unknown model {name!r}: expected one of {', '.join(BUILTIN_EMBEDDERS)} "
+            "or the path of an exported facerank model directory"
+        )
+    return path
 
 
 def load_embedder(name: str) -> Embedder:
@@ -20,12 +49,6 @@ def load_embedder(name: str) -> Embedder:
     """
     if name == "lbp-v0":
         return LbpEmbedder()
-    path = Path(name).expanduser()
-    if path.is_dir():
-        from facerank.embedding.savedmodel import SavedModelEmbedder
+    from facerank.embedding.savedmodel import SavedModelEmbedder
 
-        return SavedModelEmbedder(path)
-    raise ModelLoadError(
-        f"unknown model {name!r}: expected one of {', '.join(BUILTIN_EMBEDDERS)} "
-        "or the path of an exported facerank model directory"
-    )
+    return SavedModelEmbedder(_model_dir(name))

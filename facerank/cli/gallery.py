@@ -1,0 +1,87 @@
+"""``facerank gallery ls|rm``: see who is enrolled, and remove a person completely."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from facerank.cli.output import emit_json
+from facerank.embedding import model_version_of
+from facerank.errors import InvalidIdentityError
+from facerank.gallery import Gallery, identity_from_key, normalise_identity
+from facerank.settings import Settings
+from facerank.storage import ObjectStore, open_store
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("gallery", help="list or remove enrolled identities")
+    commands = parser.add_subparsers(title="gallery commands", required=True, metavar="COMMAND")
+    ls = commands.add_parser("ls", help="identities with their face counts and the model version")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=run_ls)
+    rm = commands.add_parser(
+        "rm",
+        help="remove an identity: its photos in the faces bucket and its gallery entries",
+        description="Deletes the identity's photos from the faces bucket (so no notification "
+        "or reconcile can enroll them again) and every gallery entry of the identity.",
+    )
+    rm.add_argument("identity")
+    rm.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rm.set_defaults(handler=run_rm)
+
+
+def run_ls(args: argparse.Namespace, settings: Settings) -> int:
+    gallery = Gallery(open_store(settings), settings.gallery_bucket)
+    gallery.ensure()
+    counts = gallery.identities()
+    listing = {
+        "model_version": model_version_of(settings.model),
+        "identities": [{"identity": name, "faces": counts[name]} for name in sorted(counts)],
+    }
+    if args.json:
+        emit_json(listing)
+        return 0
+    print(f"model version: {listing['model_version']}")
+    print(f"{'identity':<40} {'faces':>6}")
+    for entry in listing["identities"]:
+        print(f"{entry['identity']:<40} {entry['faces']:>6}")
+    print(f"{len(counts)} identities, {sum(counts.values())} faces")
+    return 0
+
+
+def run_rm(args: argparse.Namespace, settings: Settings) -> int:
+    identity = normalise_identity(args.identity)
+    store = open_store(settings)
+    gallery = Gallery(store, settings.gallery_bucket)
+    photos = photos_of(store, settings.faces_bucket, identity)
+    if not args.yes and not confirm(
+        f"remove {identity!r}: {len(photos)} photo(s) and all their faces?"
+    ):
+        print("nothing removed", file=sys.stderr)
+        return 1
+    for key in photos:
+        store.delete(settings.faces_bucket, key)
+    records = gallery.remove_identity(identity)
+    faces = sum(len(r.faces) for r in records)
+    print(f"removed {identity!r}: {len(photos)} photo(s), {faces} enrolled face(s)")
+    return 0
+
+
+def photos_of(store: ObjectStore, bucket: str, identity: str) -> list[str]:
+    """Keys in the faces bucket whose folder normalises to ``identity`` (NFD or NFC alike)."""
+    store.ensure_bucket(bucket)
+    keys = []
+    for info in store.list(bucket):
+        try:
+            if identity_from_key(info.key) == identity:
+                keys.append(info.key)
+        except InvalidIdentityError:
+            continue
+    return keys
+
+
+def confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        print(f"facerank gallery rm: {question} Pass --yes to confirm.", file=sys.stderr)
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
