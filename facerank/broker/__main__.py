@@ -1,0 +1,69 @@
+"""``python -m facerank.broker``: the local broker as its own process, for ``facerank up``.
+
+Reads the settings and the Broker and Trigger manifests of ``FACERANK_EVENTING_DIR``, starts
+delivering (first what a previous run left queued), and serves the ingress with waitress on
+``FACERANK_BROKER_HOST`` (loopback unless told otherwise, so a laptop does not accept events
+from its network) and ``FACERANK_BROKER_PORT``. SIGTERM or SIGINT: stop accepting, let the
+requests and deliveries under way finish, exit 0; whatever is still queued waits for the next
+start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from waitress.server import create_server
+
+from facerank.broker.app import create_app
+from facerank.broker.broker import LocalBroker
+from facerank.errors import FacerankError
+from facerank.settings import Settings
+
+log = logging.getLogger("facerank.broker")
+
+HOST_ENV = "FACERANK_BROKER_HOST"
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s broker %(levelname)s %(message)s",
+        )
+        broker = LocalBroker.from_settings(settings)
+    except FacerankError as exc:
+        print(f"facerank.broker: {exc.code}: {exc}", file=sys.stderr)
+        return 2
+    host = os.environ.get(HOST_ENV, "127.0.0.1")
+    try:
+        server = create_server(create_app(broker), host=host, port=settings.broker_port, threads=8)
+    except OSError as exc:
+        print(
+            f"facerank.broker: cannot listen on {host}:{settings.broker_port}: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
+    try:
+        broker.start()
+        log.info("broker %s listening on http://%s:%s", broker.name, host, settings.broker_port)
+        server.run()  # returns on SystemExit, once waitress has drained its request threads
+    finally:
+        server.close()
+        broker.stop()
+        log.info("broker %s stopped", broker.name)
+    return 0
+
+
+def _exit(signum: int, _frame: object) -> None:
+    log.info("signal %s: stopping", signal.Signals(signum).name)
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
