@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.plugins.s3_server",
     "tests.plugins.faces",
+    "tests.plugins.sink",
 ]

@@ -1,0 +1,95 @@
+"""``python -m functions.source``: the event source as its container and ``facerank up`` run it.
+
+Configuration comes from the environment, as Knative provides it: ``FACERANK_*`` settings,
+``K_SINK`` (the sink, required), ``PORT`` (else ``FACERANK_SOURCE_PORT``), and the listen
+address ``FACERANK_SOURCE_HOST`` (else the functions' shared ``FACERANK_LISTEN_HOST``, else
+127.0.0.1; containers set 0.0.0.0). SIGTERM and SIGINT stop it cleanly: the server closes,
+then the watcher and the reconcile thread stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from contextlib import ExitStack
+
+from facerank.errors import ConfigError, FacerankError
+from facerank.gallery import Gallery
+from facerank.settings import Settings
+from facerank.storage import FolderStore, ObjectStore, open_store
+from functions.runtime import listen_port, serve
+from functions.source.app import create_app
+from functions.source.emitter import Emitter, sink_from_env
+from functions.source.reconcile import Reconciler
+from functions.source.watcher import FolderWatcher, WatcherUnavailableError
+
+log = logging.getLogger("functions.source")
+
+HOST_ENV = "FACERANK_SOURCE_HOST"
+_JOIN_TIMEOUT_S = 10.0
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+        emitter = Emitter(sink_from_env(os.environ), settings)
+    except ConfigError as exc:
+        print(f"facerank event source: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s source %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        run(settings, emitter)
+    except (FacerankError, OSError) as exc:
+        log.error("event source failed: %s", exc)
+        return 1
+    log.info("event source stopped")
+    return 0
+
+
+def run(settings: Settings, emitter: Emitter) -> None:
+    """Run every feed until SIGTERM/SIGINT. The watcher starts before the first reconcile
+    pass, so nothing dropped during startup can fall between the two."""
+    store = open_store(settings)
+    gallery = Gallery(store, settings.gallery_bucket)
+    stop = threading.Event()
+    with ExitStack() as cleanup:
+        _start_watcher(store, gallery, emitter, cleanup)
+        thread = threading.Thread(
+            target=Reconciler(store, gallery, emitter).run_periodically,
+            args=(settings.reconcile_interval, stop),
+            name="facerank-reconcile",
+            daemon=True,
+        )
+        thread.start()
+        cleanup.callback(thread.join, _JOIN_TIMEOUT_S)
+        cleanup.callback(stop.set)  # last in, first out: the thread is told before it is joined
+        log.info("sending events for bucket %r to %s", emitter.bucket, emitter.sink)
+        serve(
+            create_app(settings, emitter),
+            port=listen_port(settings.source_port),
+            host=os.environ.get(HOST_ENV),
+        )
+
+
+def _start_watcher(
+    store: ObjectStore, gallery: Gallery, emitter: Emitter, cleanup: ExitStack
+) -> None:
+    """Watch the faces folder (folder store only); without inotify, reconcile alone remains."""
+    if not isinstance(store, FolderStore):
+        return
+    watcher = FolderWatcher(store, gallery, emitter)
+    try:
+        watcher.start()
+    except WatcherUnavailableError as exc:
+        log.warning("%s; new photos are found by reconcile passes only", exc)
+        return
+    cleanup.callback(watcher.stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Reconcile: compare the faces bucket with the gallery and emit what notifications missed.
+
+Push notifications can be lost (MinIO restarted without a queue, the source was down, a
+watcher missed a file). A periodic pass makes that harmless: every photo whose version the
+gallery has not enrolled gets a created event, every enrolled photo that is gone gets a deleted
+event. Creations use the same ids push would have used (bucket + key + ETag), so a photo both
+pushed and reconciled is one event to anyone who deduplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from facerank.errors import BucketNotFoundError, FacerankError
+from facerank.events import DeliveryError
+from facerank.gallery import Gallery
+from facerank.storage import ObjectInfo, ObjectStore
+from functions.source.emitter import Change, Emitter, Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What one pass found and did; ``errors`` counts failures that cut the pass short."""
+
+    objects: int = 0
+    enrolled: int = 0
+    created: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    """Changes the emitter ignored or rejected (junk names, invalid keys)."""
+    errors: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.objects} photos, {self.enrolled} enrolled: emitted {self.created} created, "
+            f"{self.deleted} deleted; {self.skipped} skipped, {self.errors} errors"
+        )
+
+
+class Reconciler:
+    """One reconcile pass at a time over ``emitter.bucket`` against a gallery."""
+
+    def __init__(self, store: ObjectStore, gallery: Gallery, emitter: Emitter) -> None:
+        self.store = store
+        self.gallery = gallery
+        self.emitter = emitter
+
+    def run_once(self) -> ReconcileReport:
+        """Emit the changes that bring the gallery in line with the bucket; never raises for
+        store or sink failures, which are logged and reported so the next pass retries."""
+        started = time.monotonic()
+        try:
+            objects = list(self.store.list(self.emitter.bucket))
+            enrolled = enrolled_photos(self.gallery, self.emitter.bucket)
+        except FacerankError as exc:
+            log.warning("reconcile pass skipped: %s", exc)
+            return ReconcileReport(errors=1)
+        report = self._emit(plan(objects, enrolled, self.emitter.bucket), len(objects), enrolled)
+        log.info("reconcile pass: %s (%.2f s)", report.summary(), time.monotonic() - started)
+        return report
+
+    def _emit(
+        self, changes: list[Change], objects: int, enrolled: Mapping[str, str]
+    ) -> ReconcileReport:
+        counts = {"created": 0, "deleted": 0, "skipped": 0}
+        for done, change in enumerate(changes):
+            try:
+                outcome = self.emitter.emit(change)
+            except DeliveryError as exc:  # the sink is down: the rest would fail alike
+                left = len(changes) - done
+                log.warning(
+                    "reconcile pass cut short, %d change(s) left for the next: %s", left, exc
+                )
+                return ReconcileReport(objects, len(enrolled), errors=1, **counts)
+            counts[change.kind if outcome is Outcome.EMITTED else "skipped"] += 1
+        return ReconcileReport(objects, len(enrolled), **counts)
+
+    def run_periodically(self, interval: float, stop: threading.Event) -> None:
+        """Pass now, then every ``interval`` seconds until ``stop`` is set (0: once only).
+
+        Meant as a thread's target: nothing it meets may end the thread, so even unexpected
+        errors are logged and the next pass goes ahead.
+        """
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("reconcile pass failed unexpectedly")
+            if interval <= 0 or stop.wait(interval):
+                return
+
+
+def enrolled_photos(gallery: Gallery, bucket: str) -> dict[str, str]:
+    """``key -> etag`` of the photos of ``bucket`` the gallery has enrolled.
+
+    A missing gallery bucket is an empty gallery: enroll creates it with its first record.
+    (A missing faces bucket, by contrast, is an error for the caller: read as "no photos", a
+    wrong bucket name would un-enroll everyone.)
+    """
+    try:
+        sources = gallery.sources()
+    except BucketNotFoundError:
+        return {}
+    return {key: etag for (source, key), etag in sources.items() if source == bucket}
+
+
+def plan(objects: Iterable[ObjectInfo], enrolled: Mapping[str, str], bucket: str) -> list[Change]:
+    """Created for each object whose ETag the gallery lacks, deleted for each enrolled key
+    that is no longer an object; in key order so passes are reproducible."""
+    present = {info.key: info for info in objects}
+    created = [
+        Change.created(bucket, key, info.etag, info.size)
+        for key, info in sorted(present.items())
+        if enrolled.get(key) != info.etag
+    ]
+    deleted = [Change.deleted(bucket, key) for key in sorted(enrolled) if key not in present]
+    return created + deleted
