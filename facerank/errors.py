@@ -20,6 +20,12 @@ class ConfigError(FacerankError):
     code = "invalid_config"
 
 
+class InvalidEventError(FacerankError):
+    """A request is not a CloudEvent (binary or structured HTTP mode) we can read."""
+
+    code = "bad_event"
+
+
 # --- images -----------------------------------------------------------------------------
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from facerank.cehttp import to_binary
 from facerank.errors import FacerankError
 from facerank.settings import Settings
 
@@ -155,7 +155,7 @@ def send_event(
     sending it again cannot help); everything else is retried. Raises :class:`DeliveryError`.
     """
     event_headers, body = to_binary(event)
-    all_headers = {**event_headers, "content-type": JSON, **(headers or {})}
+    all_headers = {**event_headers, **(headers or {})}
     problem = ""
     for attempt in range(attempts):
         request = urllib.request.Request(url, data=body, headers=all_headers, method="POST")  # noqa: S310

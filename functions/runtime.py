@@ -6,49 +6,37 @@ Knative contracts these helpers keep in one place:
   the reply as a malformed event and retry forever;
 * a retryable failure must be a 5xx (Knative retries 5xx, 404, 408, 409 and 429), a final one
   a 4xx, so the broker's delivery spec and dead-letter sink do their job;
-* the port comes from ``PORT`` (Knative injects it), and SIGTERM means drain and exit.
+* the port comes from ``PORT`` (Knative injects it); serving itself (waitress, SIGTERM means
+  drain and exit) is :func:`facerank.serving.serve`, shared with the local broker.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
-from collections.abc import Callable
-from typing import Any
 
-from cloudevents.conversion import to_binary
-from cloudevents.exceptions import GenericException as CloudEventError
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 from flask import Flask, Request, Response, jsonify
-from waitress.server import create_server
 
+from facerank.cehttp import from_http, to_binary
 from facerank.errors import FacerankError
+from facerank.serving import DEFAULT_HOST
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1024 * 1024
 
 
-class BadEventError(FacerankError):
-    """The request is not a CloudEvent we can read."""
-
-    code = "bad_event"
-
-
 def read_cloudevent(request: Request) -> CloudEvent:
-    """Parse a binary- or structured-mode CloudEvent, or raise :class:`BadEventError`."""
-    try:
-        return from_http(dict(request.headers), request.get_data())
-    except (CloudEventError, ValueError, TypeError) as exc:
-        raise BadEventError(f"not a CloudEvent: {exc}") from None
+    """Parse a binary- or structured-mode CloudEvent (data kept as bytes, see
+    :func:`facerank.cehttp.json_data`), or raise ``InvalidEventError``."""
+    return from_http(request.headers, request.get_data())
 
 
 def cloudevent_response(event: CloudEvent, status: int = 200) -> Response:
     """A binary-mode CloudEvent reply, which Knative routes back into the broker."""
     headers, body = to_binary(event)
-    return Response(body, status=status, headers={**headers, "content-type": "application/json"})
+    return Response(body, status=status, headers=headers)
 
 
 def empty_response(status: int = 202) -> Response:
@@ -83,31 +71,10 @@ def listen_port(default: int) -> int:
     return int(os.environ.get("PORT", default))
 
 
-def serve(
-    app: Any, *, port: int, host: str | None = None, on_stop: Callable[[], None] | None = None
-) -> None:
-    """Serve ``app`` with waitress until SIGTERM or SIGINT, then run ``on_stop`` and return.
-
-    Binds to loopback unless told otherwise (``FACERANK_LISTEN_HOST=0.0.0.0`` in containers),
-    so a process started on a laptop is not reachable from the network by default.
-    """
-    host = host or os.environ.get("FACERANK_LISTEN_HOST", "127.0.0.1")
-    server = create_server(app, host=host, port=port, threads=8, clear_untrusted_proxy_headers=True)
-    stopped = threading.Event()
-
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        stopped.set()
-        server.close()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("listening on http://%s:%s", host, port)
-    try:
-        server.run()
-    except OSError:
-        if not stopped.is_set():
-            raise
-    finally:
-        if on_stop is not None:
-            on_stop()
+def listen_host(*names: str) -> str:
+    """The first of the named variables that is set, then ``FACERANK_LISTEN_HOST``, then
+    loopback (containers set ``0.0.0.0``)."""
+    for name in (*names, "FACERANK_LISTEN_HOST"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return DEFAULT_HOST

@@ -33,10 +33,10 @@ from waitress import wasyncore
 from waitress.server import create_server
 
 from facerank.broker import LocalBroker, create_app
-from facerank.broker.codec import from_http as codec_from_http
-from facerank.broker.codec import to_document
 from facerank.broker.spool import Envelope, Spool
 from facerank.broker.subscribers import SUBSCRIBERS_ENV, parse_subscribers
+from facerank.cehttp import from_http as codec_from_http
+from facerank.cehttp import to_document
 from facerank.errors import ConfigError
 from facerank.events import (
     FACE_ENROLLED,

@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from cloudevents.conversion import to_binary, to_structured
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.conversion import to_structured
+from cloudevents.http import CloudEvent
 
+from facerank.cehttp import from_http, json_data, to_binary
 from facerank.events import (
     FACE_ENROLLED,
     FACE_REJECTED,
@@ -46,8 +47,6 @@ class EnrollService:
 
     def send(self, event: CloudEvent, *, structured: bool = False) -> requests.Response:
         headers, body = to_structured(event) if structured else to_binary(event)
-        if not structured:
-            headers = {**headers, "content-type": "application/json"}
         return requests.post(self.url, data=body, headers=headers, timeout=60)
 
     def created(self, key: str, etag: str, **kwargs: Any) -> requests.Response:
@@ -62,8 +61,10 @@ class EnrollService:
 
 
 def reply_of(response: requests.Response) -> CloudEvent:
+    """The reply event, with its JSON data decoded."""
     assert response.status_code == 200, response.text
-    return from_http(dict(response.headers), response.content)
+    reply = from_http(response.headers, response.content)
+    return CloudEvent(dict(reply.get_attributes()), json_data(reply))
 
 
 def make_service(store: ObjectStore, tmp_path: Path, **settings: Any) -> Iterator[EnrollService]:
@@ -103,6 +104,17 @@ def test_created_event_enrolls_the_face(
     [face] = data["faces"]
     assert service.gallery.identities() == {"eileen": 1}
     assert service.gallery.matrix("lbp-v0").face_ids == [face["face_id"]]
+
+
+def test_identities_beyond_latin1_travel_as_percent_encoded_headers(
+    service: EnrollService, photo: bytes
+) -> None:
+    """ce-subject carries the key; the HTTP binding percent-encodes it, both ways."""
+    key = "李雷/照片.jpg"
+    reply = reply_of(service.created(key, service.upload(key, photo)))
+    assert reply["subject"] == key
+    assert reply.get_data()["identity"] == "李雷"
+    assert service.gallery.identities() == {"李雷": 1}
 
 
 def test_duplicate_delivery_leaves_one_entry(service: EnrollService, photo: bytes) -> None:

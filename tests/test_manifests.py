@@ -23,7 +23,7 @@ from cloudevents.http import CloudEvent
 from jsonschema import Draft7Validator
 
 from facerank.broker import DeliverySpec, ManifestError, TriggerSpec, load_eventing, parse_duration
-from facerank.broker.codec import filter_attributes
+from facerank.cehttp import filter_attributes
 from facerank.errors import ConfigError
 from facerank.events import FACE_ENROLLED, OBJECT_CREATED, OBJECT_DELETED
 

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-
-from waitress.server import create_server
 
 from facerank.broker.app import create_app
 from facerank.broker.broker import LocalBroker
 from facerank.errors import FacerankError
+from facerank.serving import DEFAULT_HOST, serve
 from facerank.settings import Settings
-
-log = logging.getLogger("facerank.broker")
 
 HOST_ENV = "FACERANK_BROKER_HOST"
 
@@ -38,31 +34,21 @@ def main() -> int:
     except FacerankError as exc:
         print(f"facerank.broker: {exc.code}: {exc}", file=sys.stderr)
         return 2
-    host = os.environ.get(HOST_ENV, "127.0.0.1")
+    host = os.environ.get(HOST_ENV, DEFAULT_HOST)
+    broker.start()
     try:
-        server = create_server(create_app(broker), host=host, port=settings.broker_port, threads=8)
+        serve(
+            create_app(broker), host=host, port=settings.broker_port, name=f"broker {broker.name}"
+        )
     except OSError as exc:
         print(
             f"facerank.broker: cannot listen on {host}:{settings.broker_port}: {exc}",
             file=sys.stderr,
         )
         return 2
-    signal.signal(signal.SIGTERM, _exit)
-    signal.signal(signal.SIGINT, _exit)
-    try:
-        broker.start()
-        log.info("broker %s listening on http://%s:%s", broker.name, host, settings.broker_port)
-        server.run()  # returns on SystemExit, once waitress has drained its request threads
     finally:
-        server.close()
         broker.stop()
-        log.info("broker %s stopped", broker.name)
     return 0
-
-
-def _exit(signum: int, _frame: object) -> None:
-    log.info("signal %s: stopping", signal.Signals(signum).name)
-    raise SystemExit(0)
 
 
 if __name__ == "__main__":

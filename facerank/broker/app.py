@@ -12,7 +12,8 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from facerank.broker.broker import LocalBroker
-from facerank.broker.codec import InvalidEventError, from_http
+from facerank.cehttp import from_http
+from facerank.errors import InvalidEventError
 
 log = logging.getLogger(__name__)
 

@@ -26,18 +26,18 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from facerank.broker.codec import (
-    InvalidEventError,
-    filter_attributes,
-    from_document,
-    to_document,
-)
 from facerank.broker.delivery import AttemptResult, attempt
 from facerank.broker.manifests import DeliverySpec, TriggerSpec, load_eventing
 from facerank.broker.metrics import BrokerMetrics
 from facerank.broker.schedule import DueQueue
 from facerank.broker.spool import Attempt, Envelope, Spool, now
 from facerank.broker.subscribers import SUBSCRIBERS_ENV, parse_subscribers, resolve_subscribers
+from facerank.cehttp import (
+    InvalidEventError,
+    filter_attributes,
+    from_document,
+    to_document,
+)
 from facerank.events import describe
 from facerank.settings import Settings
 
@@ -120,7 +120,7 @@ class LocalBroker:
     def ingest(self, event: CloudEvent, *, ttl: int = DEFAULT_TTL) -> list[str]:
         """Queue ``event`` durably for every matching Trigger; returns their names.
 
-        ``event`` must come from :mod:`facerank.broker.codec` (data as raw bytes). Raises
+        ``event`` must come from :mod:`facerank.cehttp` (data as raw bytes). Raises
         ``OSError`` when the queue cannot be written: then nothing may be acknowledged.
         """
         attributes = filter_attributes(event)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from cloudevents.http import CloudEvent
 
-from facerank.broker.codec import InvalidEventError, carries_event, from_http, to_binary
+from facerank.cehttp import carries_event, from_http, to_binary
+from facerank.errors import InvalidEventError
 
 RETRYABLE_STATUSES = frozenset({404, 408, 409, 429})
 """4xx answers Knative retries (a pod becoming ready, timeouts, conflicts, rate limits);

@@ -51,7 +51,7 @@ class Envelope:
 
     trigger: str
     event: dict[str, Any]
-    """Structured-mode document (:func:`facerank.broker.codec.to_document`)."""
+    """Structured-mode document (:func:`facerank.cehttp.to_document`)."""
     ttl: int
     """Reply hops left: an event replying to itself forever is dropped when it reaches 0."""
     received: str

@@ -6,11 +6,12 @@ import logging
 
 from facerank.gallery import Gallery
 from facerank.pipeline import FacePipeline
+from facerank.serving import serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from functions.enroll.app import create_app
 from functions.enroll.handler import EnrollHandler
-from functions.runtime import listen_port, serve
+from functions.runtime import listen_host, listen_port
 
 
 def main() -> None:
@@ -26,7 +27,12 @@ def main() -> None:
         "enrolling from bucket %r with model %s", settings.faces_bucket, pipeline.model_version
     )
     handler = EnrollHandler(settings, store, gallery, pipeline)
-    serve(create_app(handler), port=listen_port(settings.enroll_port))
+    serve(
+        create_app(handler),
+        host=listen_host(),
+        port=listen_port(settings.enroll_port),
+        name="enroll",
+    )
 
 
 if __name__ == "__main__":

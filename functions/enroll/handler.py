@@ -23,8 +23,10 @@ from typing import Any, Literal
 import numpy as np
 from cloudevents.http import CloudEvent
 
+from facerank.cehttp import json_data
 from facerank.errors import (
     FaceTooSmallError,
+    InvalidEventError,
     InvalidIdentityError,
     InvalidImageError,
     InvalidKeyError,
@@ -92,8 +94,8 @@ class EnrollHandler:
         if event["type"] not in (OBJECT_CREATED, OBJECT_DELETED):
             return Outcome("skipped", f"not an object event: {event['type']}")
         try:
-            data = ObjectChangeData.from_json(event.get_data())
-        except ValueError as exc:
+            data = ObjectChangeData.from_json(json_data(event))
+        except (ValueError, InvalidEventError) as exc:
             return self._reject(event, {}, "bad_event", str(exc))
         if data.bucket != self.settings.faces_bucket:
             return Outcome("skipped", f"bucket {data.bucket!r} is not the faces bucket")

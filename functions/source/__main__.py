@@ -17,9 +17,10 @@ from contextlib import ExitStack
 
 from facerank.errors import ConfigError, FacerankError
 from facerank.gallery import Gallery
+from facerank.serving import serve
 from facerank.settings import Settings
 from facerank.storage import FolderStore, ObjectStore, open_store
-from functions.runtime import listen_port, serve
+from functions.runtime import listen_host, listen_port
 from functions.source.app import create_app
 from functions.source.emitter import Emitter, sink_from_env
 from functions.source.reconcile import Reconciler
@@ -71,8 +72,9 @@ def run(settings: Settings, emitter: Emitter) -> None:
         log.info("sending events for bucket %r to %s", emitter.bucket, emitter.sink)
         serve(
             create_app(settings, emitter),
+            host=listen_host(HOST_ENV),
             port=listen_port(settings.source_port),
-            host=os.environ.get(HOST_ENV),
+            name="event source",
         )
 
 

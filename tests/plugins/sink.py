@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 from flask import Flask, request
 
+from facerank.cehttp import from_http, json_data
 from tests.plugins.http import serving
 
 WAIT_S = 5.0
@@ -68,7 +69,8 @@ class EventSink:
         def receive() -> tuple[str, int]:
             if self.status >= 300:
                 return "refused on purpose", self.status
-            event = from_http(dict(request.headers), request.get_data())
+            received = from_http(request.headers, request.get_data())
+            event = CloudEvent(dict(received.get_attributes()), json_data(received))
             with self._lock:
                 self._events.append(event)
             return "", self.status

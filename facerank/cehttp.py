@@ -1,9 +1,15 @@
-"""CloudEvents between HTTP, the broker's files and subscribers, with their data bytes intact.
+"""The CloudEvents HTTP binding for every facerank process: broker, functions, event source.
 
-Why not the SDK's defaults: they decode data into Python values and encode them again, which
-turns a ``text/plain`` body ``hello`` into ``"hello"`` on the way out. A broker must forward
-what it was given, so every event inside the broker carries its data as the exact bytes a
-binary-mode body would hold (or ``None``), and is converted only at the edges, here.
+Two things the SDK (cloudevents 1.x) does not do, and why they matter here:
+
+* Header encoding. The HTTP binding requires binary-mode ``ce-*`` header values to be
+  percent-encoded outside printable ASCII (and for space, ``"`` and ``%``). Object keys carry
+  people's names (``李雷/照片.png``): unencoded, they cannot even be sent. Received headers are
+  decoded the same way, and raw UTF-8 from a non-conforming sender is tolerated.
+* Data bytes. The SDK decodes data into Python values and encodes them again, which turns a
+  ``text/plain`` body ``hello`` into ``"hello"``. A broker must forward what it was given, so
+  every event parsed here carries its data as the exact bytes a binary-mode body would hold
+  (or ``None``); :func:`json_data` reads it as JSON where a handler wants values.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +27,7 @@ from cloudevents.http import CloudEvent
 from cloudevents.http import from_http as _sdk_from_http
 from cloudevents.sdk.converters import is_binary
 
-from facerank.errors import FacerankError
+from facerank.errors import InvalidEventError
 
 STRUCTURED = "application/cloudevents+json"
 
@@ -37,16 +44,17 @@ _CONTEXT_ATTRIBUTES = (
 """Knative's filter sees these on every event, as ``""`` when unset."""
 
 
-class InvalidEventError(FacerankError):
-    """The bytes are not a CloudEvent (binary or structured HTTP mode) the broker can route."""
-
-    code = "bad_event"
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+"""Printable ASCII but ``"`` and ``%``: what a ``ce-*`` header value may carry unencoded."""
 
 
 def from_http(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     """Parse a binary- or structured-mode request; raises :class:`InvalidEventError`."""
-    lowered = {name.lower(): value for name, value in headers.items()}
     try:
+        lowered = {
+            name.lower(): _decode_header(value) if name.lower().startswith("ce-") else value
+            for name, value in headers.items()
+        }
         event = _sdk_from_http(lowered, body, data_unmarshaller=_keep)
     except (GenericException, ValueError, TypeError, binascii.Error) as exc:
         raise InvalidEventError(f"not a CloudEvent: {exc}") from None
@@ -59,9 +67,31 @@ def from_http(headers: Mapping[str, str], body: bytes) -> CloudEvent:
 
 
 def to_binary(event: CloudEvent) -> tuple[dict[str, str], bytes]:
-    """Binary-mode headers and body, the way Knative delivers to subscribers."""
-    headers, body = _sdk_to_binary(event, data_marshaller=_keep)
-    return headers, body or b""
+    """Binary-mode headers (``ce-*`` percent-encoded) and body, as Knative delivers events.
+
+    Data that is not bytes yet (a dict from :func:`facerank.events.object_event`) is written
+    as JSON; bytes are sent as they are.
+    """
+    headers, body = _sdk_to_binary(event, data_marshaller=_marshal)
+    encoded = {
+        name: urllib.parse.quote(value, safe=_HEADER_SAFE) if name.startswith("ce-") else value
+        for name, value in headers.items()
+    }
+    if body and "content-type" not in encoded:
+        encoded["content-type"] = "application/json"
+    return encoded, body or b""
+
+
+def json_data(event: CloudEvent) -> Any:
+    """The event's data read as JSON (None when it has none); :class:`InvalidEventError` if not
+    JSON."""
+    data = event.get_data()
+    if data is None or not isinstance(data, bytes | str):
+        return data
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise InvalidEventError(f"event data is not JSON: {exc}") from None
 
 
 def to_document(event: CloudEvent) -> dict[str, Any]:
@@ -94,6 +124,25 @@ def filter_attributes(event: CloudEvent) -> dict[str, str]:
 
 def _keep(data: Any) -> Any:
     return data
+
+
+def _marshal(data: Any) -> bytes | None:
+    if data is None or isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
+def _decode_header(value: str) -> str:
+    """Undo the binding's percent-encoding. A value with raw non-ASCII characters came from a
+    sender that sent UTF-8 unencoded; HTTP servers hand it over as Latin-1, so re-decode it."""
+    if not value.isascii():
+        try:
+            return value.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return value
+    return urllib.parse.unquote(value, errors="strict") if "%" in value else value
 
 
 def _structured_bytes(event: CloudEvent) -> bytes | None:
