@@ -131,6 +131,16 @@ class Settings:
         settings.validate()
         return settings
 
+    def to_env(self) -> dict[str, str]:
+        """``FACERANK_*`` variables reproducing these settings in a child process.
+
+        Secrets (fields hidden from ``repr``) are left out: children read them where this
+        process did, from the environment or the mounted file, so they never travel further.
+        """
+        return {
+            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self) if f.repr
+        }
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""
         settings = dataclasses.replace(self, **changes)

@@ -94,23 +94,6 @@ def test_embed_batches_many_images_in_order(
     assert "img" in result.stderr  # the progress bar went to stderr, stdout stayed JSON
 
 
-def test_up_prepares_the_data_dir_and_reports_each_identity(
-    astronaut: np.ndarray, tmp_path: Path
-) -> None:
-    faces = tmp_path / "buckets" / "faces"
-    (faces / "eileen").mkdir(parents=True)
-    (faces / "eileen" / "1.png").write_bytes(encode(astronaut))
-    (faces / "eileen" / "2.jpg").write_text("not a photo")
-    (faces / "nobody").mkdir()
-    (faces / "nobody" / "wall.png").write_bytes(encode(np.full((300, 300, 3), 60, np.uint8)))
-    result = facerank("up", data_dir=tmp_path)
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
-    assert rows["eileen"][1:4] == ["2", "1", "not_an_image=1"]
-    assert rows["nobody"][1:4] == ["1", "0", "no_face=1"]
-    assert f"drop photos into {faces}" in result.stderr
-    assert (tmp_path / "buckets" / "gallery").is_dir()
-
-
 def test_up_reports_an_invalid_setting_clearly(tmp_path: Path) -> None:
     result = facerank("up", data_dir=tmp_path, env={"FACERANK_STORE": "ftp"}, check=False)
     assert result.returncode == 2

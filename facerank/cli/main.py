@@ -51,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_faces=args.max_faces,
             log_level=args.log_level,
         )
-        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr)
+        logging.basicConfig(
+            level=settings.log_level.upper(), stream=sys.stderr, format="facerank: %(message)s"
+        )
         return int(args.handler(args, settings))
     except FacerankError as exc:
         print(f"facerank: {exc.code}: {exc}", file=sys.stderr)

@@ -1,115 +1,86 @@
-"""``facerank up``: run the embedded pipeline on this machine.
+"""``facerank up``: the whole pipeline on this machine, in the foreground.
 
-This build has the pipeline core only, so ``up`` prepares the data directory and its buckets,
-then runs every photo already in the faces bucket through decode, detection, alignment and
-embedding, and reports per identity what enrollment will find. The event source, broker,
-functions and predictor join this command as they are built (see ARCHITECTURE.md); the
-command and its data directory stay the same.
+Each component runs as its own process through the entry point its container image uses, in
+dependency order: the enroll function, the local broker (which delivers to it), then the
+bucket event source (which sends to the broker and, at start, reconciles the faces bucket
+against the gallery, so photos dropped while facerank was down are enrolled). Ctrl-C stops
+everything; the next ``facerank up`` continues on the same data.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+import threading
 
-from facerank.cli.output import progress
-from facerank.errors import InvalidImageError
-from facerank.imaging import decode_image
-from facerank.pipeline import FacePipeline, ordered_map
+from facerank.gallery import Gallery
 from facerank.settings import Settings
-from facerank.storage import ObjectInfo, ObjectStore, open_store
-
-UNFILED = "(no identity folder)"
+from facerank.storage import open_store
+from facerank.supervisor import Component, Supervisor
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "up",
-        help="run the facerank pipeline on this machine",
-        description="Prepare the data directory and run the pipeline over the faces bucket.",
+        help="run the facerank pipeline on this machine (Ctrl-C stops it)",
+        description="Start the enroll function, the local broker and the bucket event source "
+        "as processes, watch them, and stop them on Ctrl-C.",
     )
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     parser.set_defaults(handler=run)
 
 
-@dataclass
-class IdentityReport:
-    photos: int = 0
-    with_face: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
+def embedded_components(settings: Settings) -> list[Component]:
+    """The processes of the embedded default, in start order, wired like the cluster."""
+    enroll = Component("enroll", "functions.enroll", settings.enroll_port)
+    broker = Component(
+        "broker",
+        "facerank.broker",
+        settings.broker_port,
+        # The Triggers name Knative Services; locally each name maps to a loopback URL.
+        env={"FACERANK_BROKER_SUBSCRIBERS": f"facerank-enroll={enroll.url}"},
+    )
+    source = Component(
+        "source", "functions.source", settings.source_port, env={"K_SINK": broker.url + "/"}
+    )
+    return [enroll, broker, source]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     for bucket in (settings.faces_bucket, settings.gallery_bucket, settings.models_bucket):
         store.ensure_bucket(bucket)
-    pipeline = FacePipeline.from_settings(settings)
-    log(f"store: {store.description}")
-    log(f"model: {pipeline.model_version}")
-    if settings.store == "folder":
-        log(f"drop photos into {settings.buckets_dir / settings.faces_bucket}/<identity>/<file>")
+    counts = Gallery(store, settings.gallery_bucket).identities()
+    faces = sum(counts.values())
+    log(f"store: {store.description}; gallery: {len(counts)} identities, {faces} faces")
 
-    objects = list(store.list(settings.faces_bucket))
-    reports = scan(store, settings, pipeline, objects, show_progress=args.progress)
-    print_summary(reports)
-    log(
-        "this build runs the pipeline core; the event pipeline and the predictor on port "
-        f"{settings.predictor_port} are not part of it yet (see ARCHITECTURE.md)"
-    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    components = embedded_components(settings)
+    with Supervisor(components, env=settings.to_env()) as supervisor:
+        supervisor.start()
+        print_welcome(settings, components)
+        supervisor.watch(stop)
+        log("stopping")
+    log("stopped")
     return 0
 
 
-def scan(
-    store: ObjectStore,
-    settings: Settings,
-    pipeline: FacePipeline,
-    objects: list[ObjectInfo],
-    *,
-    show_progress: bool | None,
-) -> dict[str, IdentityReport]:
-    """Run every photo through the pipeline and tally the outcome per identity folder."""
-
-    def faces_in(info: ObjectInfo) -> int | InvalidImageError:
-        data = store.get(settings.faces_bucket, info.key).data
-        try:
-            pixels = decode_image(
-                data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-            ).pixels
-        except InvalidImageError as exc:
-            return exc
-        return len(pipeline.detector.detect(pixels))
-
-    reports: dict[str, IdentityReport] = defaultdict(IdentityReport)
-    outcomes = ordered_map(faces_in, objects, workers=os.cpu_count() or 1)
-    for info, outcome in zip(
-        objects,
-        progress(outcomes, total=len(objects), unit="photo", enabled=show_progress),
-        strict=True,
-    ):
-        report = reports[info.key.split("/", 1)[0] if "/" in info.key else UNFILED]
-        report.photos += 1
-        if isinstance(outcome, InvalidImageError):
-            report.rejected[outcome.code] += 1
-        elif outcome == 0:
-            report.rejected["no_face"] += 1
-        else:
-            report.with_face += 1
-    return dict(reports)
-
-
-def print_summary(reports: dict[str, IdentityReport]) -> None:
-    if not reports:
-        log("the faces bucket is empty")
-        return
-    print(f"{'identity':<32} {'photos':>6} {'faces':>6}  rejected")
-    for identity in sorted(reports):
-        r = reports[identity]
-        rejected = ", ".join(f"{code}={n}" for code, n in sorted(r.rejected.items())) or "-"
-        print(f"{identity:<32} {r.photos:>6} {r.with_face:>6}  {rejected}")
+def print_welcome(settings: Settings, components: list[Component]) -> None:
+    urls = {c.name: c.url for c in components}
+    lines = [
+        "facerank is up",
+        f"  drop photos into   {settings.buckets_dir / settings.faces_bucket}/<identity>/<file>",
+        "  or upload them     facerank upload PATH... (identity folders)",
+        "  see who is known   facerank gallery ls",
+        f"  broker             {urls['broker']}  (dead letters in {settings.data_dir / 'broker'})",
+        f"  MinIO webhook      {urls['source']}/minio",
+        "  Ctrl-C stops everything; the next `facerank up` continues on the same data",
+    ]
+    for line in lines:
+        log(line)
 
 
 def log(message: str) -> None:
-    print(f"facerank up: {message}", file=sys.stderr)
+    print(f"facerank up: {message}", file=sys.stderr, flush=True)

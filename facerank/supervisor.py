@@ -1,0 +1,175 @@
+"""Run facerank's components as child processes, the way a cluster runs their containers.
+
+``facerank up`` starts each component through the same entry point its image runs
+(``python -m functions.enroll`` ...), so one machine mirrors the cluster and no import runs
+upward from the core. The supervisor starts them in dependency order, waits for each one's
+``/healthz``, relays their logs with a name prefix, restarts a component that dies (with
+backoff, giving up on a crash loop), and stops them in reverse order on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+from facerank.errors import FacerankError
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 10.0
+MAX_RESTARTS = 5
+"""A component that dies this many times in a row is crash-looping: stop everything."""
+STABLE_AFTER_S = 60.0
+"""A component that ran this long before dying starts counting its restarts afresh."""
+
+
+class ComponentFailedError(FacerankError):
+    code = "component_failed"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One process: a module run with ``python -m``, its port and its extra environment."""
+
+    name: str
+    module: str
+    port: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 60.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Supervisor:
+    """Starts, watches and stops ``components``; use as a context manager."""
+
+    def __init__(self, components: Sequence[Component], *, env: Mapping[str, str]) -> None:
+        self.components = list(components)
+        self.env = dict(env)
+        self._processes: dict[str, subprocess.Popen[str]] = {}
+        self._restarts: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start every component in order, each only once the previous one answers health."""
+        for component in self.components:
+            self._spawn(component)
+            self._wait_ready(component)
+
+    def watch(self, stop: threading.Event, *, poll_s: float = 0.5) -> None:
+        """Until ``stop`` is set: restart components that exited, with backoff.
+
+        Raises :class:`ComponentFailedError` when one keeps dying.
+        """
+        while not stop.wait(poll_s):
+            for component in self.components:
+                process = self._processes[component.name]
+                if process.poll() is None:
+                    continue
+                ran_for = time.monotonic() - self._started[component.name]
+                count = 1 if ran_for > STABLE_AFTER_S else self._restarts.get(component.name, 0) + 1
+                if count > MAX_RESTARTS:
+                    raise ComponentFailedError(
+                        f"{component.name} exited {count} times (last status {process.returncode})"
+                    )
+                self._restarts[component.name] = count
+                delay = min(30.0, 0.5 * 2**count)
+                log.warning(
+                    "%s exited with status %s; restart %d in %.1fs",
+                    component.name,
+                    process.returncode,
+                    count,
+                    delay,
+                )
+                if stop.wait(delay):
+                    return
+                self._spawn(component)
+                self._wait_ready(component)
+
+    def stop(self) -> None:
+        """SIGTERM in reverse start order, so producers stop before their consumers."""
+        for component in reversed(self.components):
+            process = self._processes.pop(component.name, None)
+            if process is None or process.poll() is not None:
+                continue
+            process.terminate()
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs: killing it", component.name, STOP_GRACE_S)
+                process.kill()
+                process.wait()
+
+    def _spawn(self, component: Component) -> None:
+        env = {
+            **os.environ,
+            **self.env,
+            **component.env,
+            "PORT": str(component.port),  # what Knative would inject
+            "PYTHONUNBUFFERED": "1",
+        }
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module names
+            [sys.executable, "-m", component.module],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children
+        )
+        with self._lock:
+            self._processes[component.name] = process
+            self._started[component.name] = time.monotonic()
+        threading.Thread(target=_relay, args=(component.name, process.stdout), daemon=True).start()
+
+    def _wait_ready(self, component: Component) -> None:
+        deadline = time.monotonic() + component.ready_timeout_s
+        process = self._processes[component.name]
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ComponentFailedError(
+                    f"{component.name} exited with status {process.returncode} while starting"
+                )
+            if _healthy(component.url + "/healthz"):
+                log.info("%s ready at %s", component.name, component.url)
+                return
+            time.sleep(0.2)
+        raise ComponentFailedError(
+            f"{component.name} not ready after {component.ready_timeout_s:.0f}s"
+        )
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _relay(name: str, stream: IO[str] | None) -> None:
+    """Copy a child's output to our stderr, each line prefixed with the component's name."""
+    if stream is None:
+        return
+    for line in stream:
+        sys.stderr.write(f"{name:>8} | {line}")
+        sys.stderr.flush()
