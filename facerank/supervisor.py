@@ -48,7 +48,12 @@ class Component:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return loopback_url(self.port)
+
+
+def loopback_url(port: int) -> str:
+    """Where a component listening on ``port`` is reached on this machine."""
+    return f"http://127.0.0.1:{port}"
 
 
 class Supervisor:

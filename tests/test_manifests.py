@@ -25,7 +25,7 @@ from jsonschema import Draft7Validator
 from facerank.broker import DeliverySpec, ManifestError, TriggerSpec, load_eventing, parse_duration
 from facerank.cehttp import filter_attributes
 from facerank.errors import ConfigError
-from facerank.events import FACE_ENROLLED, OBJECT_CREATED, OBJECT_DELETED
+from facerank.events import FACE_ENROLLED, FACE_REJECTED, OBJECT_CREATED, OBJECT_DELETED
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTING = ROOT / "infra" / "base" / "eventing"
@@ -63,6 +63,7 @@ def test_real_manifests_parse() -> None:
     assert {t.name for t in eventing.triggers_of(broker)} == {
         "enroll-on-object-created",
         "enroll-on-object-deleted",
+        "source-on-face-rejected",
     }
 
 
@@ -77,9 +78,12 @@ def test_real_backoff_matches_the_comment_in_broker_yaml() -> None:
         (OBJECT_CREATED, ["facerank-enroll"]),
         (OBJECT_DELETED, ["facerank-enroll"]),
         (FACE_ENROLLED, []),
+        (FACE_REJECTED, ["facerank-source"]),
     ],
 )
-def test_real_triggers_route_object_events_to_enroll(type_: str, subscribers: list[str]) -> None:
+def test_real_triggers_route_events_to_their_subscribers(
+    type_: str, subscribers: list[str]
+) -> None:
     eventing = load_eventing(EVENTING)
     attributes = filter_attributes(event(type_))
     matched = [t for t in eventing.triggers if t.matches(attributes)]

@@ -24,6 +24,7 @@ from facerank.settings import Settings
 from facerank.storage import ObjectStore, S3Store
 from functions.source.emitter import Emitter
 from functions.source.reconcile import Reconciler, ReconcileReport
+from functions.source.verdicts import RejectedVersions
 from tests.plugins.sink import EventSink
 from tests.test_gallery import enroll
 
@@ -186,3 +187,19 @@ def test_periodic_passes_survive_failures_until_stopped(
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_versions_enroll_rejected_are_not_sent_again(
+    store: ObjectStore, gallery: Gallery, emitter: Emitter, event_sink: EventSink
+) -> None:
+    store.ensure_bucket(FACES)
+    gallery.ensure()
+    rejected = RejectedVersions()
+    reconciler = Reconciler(store, gallery, emitter, rejected)
+    etag = put(store, "wall/1.jpg")
+    rejected.add("wall/1.jpg", etag)
+
+    assert reconciler.run_once() == ReconcileReport(objects=1, known_rejected=1)
+    store.put(FACES, "wall/1.jpg", b"a new version, maybe with a face")
+    assert reconciler.run_once() == ReconcileReport(objects=1, created=1)
+    assert [e["subject"] for e in event_sink.wait_for(1)] == ["wall/1.jpg"]

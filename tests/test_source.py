@@ -24,8 +24,12 @@ from typing import Any
 import boto3
 import pytest
 import requests
+from cloudevents.http import CloudEvent
 
+from facerank.cehttp import to_binary
 from facerank.events import (
+    FACE_ENROLLED,
+    FACE_REJECTED,
     OBJECT_CREATED,
     OBJECT_DELETED,
     ObjectChange,
@@ -39,6 +43,7 @@ from functions.runtime import MAX_EVENT_BYTES
 from functions.source.app import create_app
 from functions.source.aws import confirmation_allowed
 from functions.source.emitter import Emitter
+from functions.source.verdicts import RejectedVersions
 from tests.plugins.http import serving
 from tests.plugins.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.plugins.sink import EventSink
@@ -138,7 +143,15 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def start_source(sink_server: EventSink) -> Iterator[Callable[[Settings], str]]:
+def verdicts() -> RejectedVersions:
+    """What the module's source servers learn from face.rejected.v1 events."""
+    return RejectedVersions()
+
+
+@pytest.fixture(scope="module")
+def start_source(
+    sink_server: EventSink, verdicts: RejectedVersions
+) -> Iterator[Callable[[Settings], str]]:
     """Serve the source app with given settings over real HTTP; returns its base URL.
 
     One server per distinct settings for the whole module: stopping a server takes a while.
@@ -149,7 +162,8 @@ def start_source(sink_server: EventSink) -> Iterator[Callable[[Settings], str]]:
         def start(settings: Settings) -> str:
             if settings not in started:
                 emitter = Emitter(sink_server.url, settings, attempts=2, backoff=0.01)
-                started[settings] = stack.enter_context(serving(create_app(settings, emitter)))
+                app = create_app(settings, emitter, verdicts)
+                started[settings] = stack.enter_context(serving(app))
             return started[settings]
 
         yield start
@@ -635,3 +649,24 @@ def test_entry_point_runs_every_feed_and_stops_on_sigterm(
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "event source stopped" in output
+
+
+def test_rejection_verdicts_from_the_broker_are_remembered(
+    source: str, verdicts: RejectedVersions
+) -> None:
+    """face.rejected.v1 (routed by the source-on-face-rejected Trigger) lands in the memory
+    reconcile consults; other events and other buckets are acknowledged and ignored."""
+
+    def post(type_: str, data: dict[str, str]) -> int:
+        event = CloudEvent({"type": type_, "source": "facerank/enroll", "id": type_}, data)
+        headers, body = to_binary(event)
+        return requests.post(source + "/", data=body, headers=headers, timeout=10).status_code
+
+    rejection = {"bucket": "faces", "key": "wall/1.jpg", "etag": "e1", "reason": "no_face"}
+    assert post(FACE_REJECTED, rejection) == 202
+    assert post(FACE_REJECTED, {**rejection, "bucket": "other", "key": "x/2.jpg"}) == 202
+    assert post(FACE_ENROLLED, {**rejection, "key": "y/3.jpg"}) == 202
+    assert ("wall/1.jpg", "e1") in verdicts
+    assert ("x/2.jpg", "e1") not in verdicts
+    assert ("y/3.jpg", "e1") not in verdicts
+    assert requests.post(source + "/", data=b"{}", timeout=10).status_code == 400

@@ -36,8 +36,8 @@ def free_port() -> int:
 class Up:
     """A running ``facerank up`` whose output is collected line by line."""
 
-    def __init__(self, data_dir: Path, ports: dict[str, str]) -> None:
-        env = {**os.environ, "FACERANK_DATA_DIR": str(data_dir), **ports}
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        env = {**os.environ, "FACERANK_DATA_DIR": str(data_dir), **env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "facerank.cli.main", "up"],
             env=env,
@@ -82,11 +82,12 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_up(data_dir: Path) -> Iterator[Callable[[], Up]]:
-    ports = {f"FACERANK_{name}_PORT": str(free_port()) for name in ("BROKER", "SOURCE", "ENROLL")}
+    env = {f"FACERANK_{name}_PORT": str(free_port()) for name in ("BROKER", "SOURCE", "ENROLL")}
+    env["FACERANK_RECONCILE_INTERVAL"] = "1"  # many reconcile passes in a short test
     running: list[Up] = []
 
     def start() -> Up:
-        up = Up(data_dir, ports)
+        up = Up(data_dir, env)
         running.append(up)
         up.wait_for(lambda: READY in up.output(), "facerank up to be ready")
         return up
@@ -118,8 +119,16 @@ def test_drop_enroll_delete_restart(
 
     drop(data_dir, "eileen/broken.jpg", b"\xff\xd8\xff not really a jpeg")
     drop(data_dir, "wall/1.png", encode(np.full((200, 200, 3), 90, np.uint8)))
-    up.wait_for(lambda: "broken.jpg" in up.output() and "no_face" in up.output(), "rejections")
+    up.wait_for(lambda: "2 known rejected" in up.output(), "the source to learn both rejections")
     assert identities(data_dir) == {"eileen": 1}
+    # Reconcile passes go on every second, but a rejected version is not sent again.
+    sent = up.output().count("emitted dev.facerank.object.created.v1 subject='eileen/broken.jpg'")
+    passes = up.output().count("reconcile pass:")
+    up.wait_for(lambda: up.output().count("reconcile pass:") >= passes + 3, "3 more passes")
+    assert (
+        up.output().count("emitted dev.facerank.object.created.v1 subject='eileen/broken.jpg'")
+        == sent
+    )
 
     photo.unlink()
     up.wait_for(lambda: identities(data_dir) == {}, "eileen to be removed")

@@ -17,7 +17,7 @@ import threading
 from facerank.gallery import Gallery
 from facerank.settings import Settings
 from facerank.storage import open_store
-from facerank.supervisor import Component, Supervisor
+from facerank.supervisor import Component, Supervisor, loopback_url
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,12 +33,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def embedded_components(settings: Settings) -> list[Component]:
     """The processes of the embedded default, in start order, wired like the cluster."""
     enroll = Component("enroll", "functions.enroll", settings.enroll_port)
+    source_url = loopback_url(settings.source_port)  # the source starts last: no Component yet
     broker = Component(
         "broker",
         "facerank.broker",
         settings.broker_port,
         # The Triggers name Knative Services; locally each name maps to a loopback URL.
-        env={"FACERANK_BROKER_SUBSCRIBERS": f"facerank-enroll={enroll.url}"},
+        env={
+            "FACERANK_BROKER_SUBSCRIBERS": f"facerank-enroll={enroll.url},"
+            f"facerank-source={source_url}"
+        },
     )
     source = Component(
         "source", "functions.source", settings.source_port, env={"K_SINK": broker.url + "/"}

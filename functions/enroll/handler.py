@@ -119,7 +119,7 @@ class EnrollHandler:
             identity = identity_from_key(data.key)
             stored = self.store.get(data.bucket, data.key)
         except InvalidIdentityError as exc:
-            return self._reject(event, where, exc.code, str(exc))
+            return self._reject(event, {**where, "etag": data.etag}, exc.code, str(exc))
         except ObjectNotFoundError:
             return Outcome("skipped", "object no longer exists")
         etag = stored.info.etag

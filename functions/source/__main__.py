@@ -24,6 +24,7 @@ from functions.runtime import listen_host, listen_port
 from functions.source.app import create_app
 from functions.source.emitter import Emitter, sink_from_env
 from functions.source.reconcile import Reconciler
+from functions.source.verdicts import RejectedVersions
 from functions.source.watcher import FolderWatcher, WatcherUnavailableError
 
 log = logging.getLogger("functions.source")
@@ -58,10 +59,11 @@ def run(settings: Settings, emitter: Emitter) -> None:
     store = open_store(settings)
     gallery = Gallery(store, settings.gallery_bucket)
     stop = threading.Event()
+    rejected = RejectedVersions()  # filled by the app, read by the reconcile thread
     with ExitStack() as cleanup:
         _start_watcher(store, gallery, emitter, cleanup)
         thread = threading.Thread(
-            target=Reconciler(store, gallery, emitter).run_periodically,
+            target=Reconciler(store, gallery, emitter, rejected).run_periodically,
             args=(settings.reconcile_interval, stop),
             name="facerank-reconcile",
             daemon=True,
@@ -71,7 +73,7 @@ def run(settings: Settings, emitter: Emitter) -> None:
         cleanup.callback(stop.set)  # last in, first out: the thread is told before it is joined
         log.info("sending events for bucket %r to %s", emitter.bucket, emitter.sink)
         serve(
-            create_app(settings, emitter),
+            create_app(settings, emitter, rejected),
             host=listen_host(HOST_ENV),
             port=listen_port(settings.source_port),
             name="event source",

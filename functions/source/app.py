@@ -15,9 +15,11 @@ import logging
 
 from flask import Flask, Response, jsonify, request
 
+from facerank.cehttp import json_data
 from facerank.errors import FacerankError
+from facerank.events import FACE_REJECTED
 from facerank.settings import Settings
-from functions.runtime import create_function_app, error_response
+from functions.runtime import create_function_app, empty_response, error_response, read_cloudevent
 from functions.source.aws import (
     ConfirmationRefusedError,
     confirm_subscription,
@@ -28,6 +30,7 @@ from functions.source.aws import (
 from functions.source.emitter import Emitter, Tally
 from functions.source.minio import parse_minio
 from functions.source.records import Batch
+from functions.source.verdicts import RejectedVersions
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,25 @@ class UnauthorizedError(FacerankError):
     code = "unauthorized"
 
 
-def create_app(settings: Settings, emitter: Emitter) -> Flask:
-    """The source's Flask app: ``POST /minio``, ``POST /sns`` and ``GET /healthz``."""
+def create_app(
+    settings: Settings, emitter: Emitter, rejected: RejectedVersions | None = None
+) -> Flask:
+    """The source's Flask app: ``POST /minio``, ``POST /sns``, ``POST /`` (verdicts from the
+    broker) and ``GET /healthz``."""
     app = create_function_app("facerank-source")
     token = settings.webhook_token
+    verdicts = rejected if rejected is not None else RejectedVersions()
+
+    @app.post("/")
+    def verdict() -> Response:
+        """``face.rejected.v1`` from enroll, via the Trigger: remember the rejected version."""
+        event = read_cloudevent(request)
+        data = json_data(event) if event["type"] == FACE_REJECTED else None
+        if isinstance(data, dict) and data.get("bucket") == emitter.bucket:
+            key, etag = data.get("key"), data.get("etag")
+            if isinstance(key, str) and isinstance(etag, str) and etag:
+                verdicts.add(key, etag)
+        return empty_response()
 
     @app.errorhandler(UnauthorizedError)
     def unauthorized(exc: UnauthorizedError) -> Reply:

@@ -9,6 +9,7 @@ pushed and reconciled is one event to anyone who deduplicates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from facerank.events import DeliveryError
 from facerank.gallery import Gallery
 from facerank.storage import ObjectInfo, ObjectStore
 from functions.source.emitter import Change, Emitter, Outcome
+from functions.source.verdicts import RejectedVersions
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +36,32 @@ class ReconcileReport:
     deleted: int = 0
     skipped: int = 0
     """Changes the emitter ignored or rejected (junk names, invalid keys)."""
+    known_rejected: int = 0
+    """Photos not sent again: enroll already rejected this version of them."""
     errors: int = 0
 
     def summary(self) -> str:
         return (
             f"{self.objects} photos, {self.enrolled} enrolled: emitted {self.created} created, "
-            f"{self.deleted} deleted; {self.skipped} skipped, {self.errors} errors"
+            f"{self.deleted} deleted; {self.skipped} skipped, {self.known_rejected} known "
+            f"rejected, {self.errors} errors"
         )
 
 
 class Reconciler:
     """One reconcile pass at a time over ``emitter.bucket`` against a gallery."""
 
-    def __init__(self, store: ObjectStore, gallery: Gallery, emitter: Emitter) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        gallery: Gallery,
+        emitter: Emitter,
+        rejected: RejectedVersions | None = None,
+    ) -> None:
         self.store = store
         self.gallery = gallery
         self.emitter = emitter
+        self.rejected = rejected if rejected is not None else RejectedVersions()
 
     def run_once(self) -> ReconcileReport:
         """Emit the changes that bring the gallery in line with the bucket; never raises for
@@ -61,7 +73,10 @@ class Reconciler:
         except FacerankError as exc:
             log.warning("reconcile pass skipped: %s", exc)
             return ReconcileReport(errors=1)
-        report = self._emit(plan(objects, enrolled, self.emitter.bucket), len(objects), enrolled)
+        fresh = [o for o in objects if (o.key, o.etag) not in self.rejected]
+        changes = plan(fresh, enrolled, self.emitter.bucket, present=objects)
+        report = self._emit(changes, len(objects), enrolled)
+        report = dataclasses.replace(report, known_rejected=len(objects) - len(fresh))
         log.info("reconcile pass: %s (%.2f s)", report.summary(), time.monotonic() - started)
         return report
 
@@ -110,14 +125,22 @@ def enrolled_photos(gallery: Gallery, bucket: str) -> dict[str, str]:
     return {key: etag for (source, key), etag in sources.items() if source == bucket}
 
 
-def plan(objects: Iterable[ObjectInfo], enrolled: Mapping[str, str], bucket: str) -> list[Change]:
-    """Created for each object whose ETag the gallery lacks, deleted for each enrolled key
-    that is no longer an object; in key order so passes are reproducible."""
-    present = {info.key: info for info in objects}
+def plan(
+    objects: Iterable[ObjectInfo],
+    enrolled: Mapping[str, str],
+    bucket: str,
+    *,
+    present: Iterable[ObjectInfo] | None = None,
+) -> list[Change]:
+    """Created for each of ``objects`` whose ETag the gallery lacks, deleted for each enrolled
+    key that is no longer in the bucket (``present``, by default ``objects``); in key order so
+    passes are reproducible."""
+    candidates = {info.key: info for info in objects}
+    existing = set(candidates) if present is None else {info.key for info in present}
     created = [
         Change.created(bucket, key, info.etag, info.size)
-        for key, info in sorted(present.items())
+        for key, info in sorted(candidates.items())
         if enrolled.get(key) != info.etag
     ]
-    deleted = [Change.deleted(bucket, key) for key in sorted(enrolled) if key not in present]
+    deleted = [Change.deleted(bucket, key) for key in sorted(enrolled) if key not in existing]
     return created + deleted
