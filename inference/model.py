@@ -1,0 +1,364 @@
+"""The KServe model ``facerank``: photo in, the closest enrolled identities of each face out.
+
+Served by KServe's own ModelServer, V1 and V2 (Open Inference Protocol):
+
+* V1 ``POST /v1/models/facerank:predict`` with
+  ``{"instances": [{"image": {"b64": "<base64 JPEG/PNG/...>"}, "top_k": 3}]}``; also accepted
+  wrapped as the ``data`` of a structured CloudEvent (KServe unwraps only events with ``time``).
+* V2 ``POST /v2/models/facerank/infer`` with a BYTES input ``image`` of shape ``[n]`` whose
+  elements are base64 text of the image files, and an optional request parameter ``top_k``.
+  Base64 even with the binary tensor extension: KServe 0.21 turns binary BYTES inputs into
+  UTF-8 strings before the model sees them, so raw JPEG bytes never get here (it answers 500).
+
+Why the work runs in KServe's executor: ``Model.__call__`` runs ``predict`` on the event loop,
+so decoding, detection and embedding (CPU, tens of ms) would stall health checks and every
+other request; an ``async`` predict hands it to the loop's default thread pool, which KServe
+sizes (``--max_asyncio_workers``).
+
+Why a :class:`ServingPair`: embeddings are only comparable within one model version, so the
+pipeline and the gallery snapshot it is ranked against travel as one object, replaced by one
+assignment. A request reads it once and uses that pair throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+from prometheus_client import Counter, Gauge, Histogram
+
+from facerank.errors import ImageTooLargeError, InvalidImageError
+from facerank.faces.detect import Box
+from facerank.gallery import Gallery
+from facerank.imaging.decode import decode_image
+from facerank.pipeline import FacePipeline
+from facerank.settings import Settings
+from facerank.storage import ObjectStore
+from inference.search import DEFAULT_MATCH_THRESHOLD, Match, search
+from inference.snapshot import DEFAULT_REFRESH_S, GalleryRefresher, GallerySnapshot
+
+MODEL_NAME = "facerank"
+DEFAULT_TOP_K = 3
+MAX_TOP_K = 100
+"""Larger ``top_k`` values are capped: nobody reads a hundred look-alikes per face."""
+MAX_INSTANCES = 16
+"""Images per request; more is refused, so one request cannot monopolise the workers."""
+
+# Registered on prometheus_client's default registry: the one KServe serves at /metrics.
+REQUESTS = Counter(
+    "facerank_predict_requests", "Predict requests by protocol and outcome", ["protocol", "outcome"]
+)
+LATENCY = Histogram(
+    "facerank_predict_seconds",
+    "Predict latency, parsing to response, by protocol",
+    ["protocol"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+FACES = Histogram(
+    "facerank_predict_faces", "Faces found per request", buckets=(0, 1, 2, 4, 8, 16, 32, 64)
+)
+GALLERY_FACES = Gauge("facerank_gallery_faces", "Faces in the served gallery snapshot")
+GALLERY_IDENTITIES = Gauge("facerank_gallery_identities", "Identities in the served snapshot")
+MODEL_INFO = Gauge("facerank_model_info", "1 for the model version being served", ["model_version"])
+
+
+@dataclass(frozen=True)
+class ServingPair:
+    """A pipeline and a gallery snapshot embedded by the same model version."""
+
+    pipeline: FacePipeline
+    snapshot: GallerySnapshot
+
+    def __post_init__(self) -> None:
+        if self.pipeline.model_version != self.snapshot.model_version:
+            raise ValueError(
+                f"pipeline {self.pipeline.model_version} cannot rank a gallery of "
+                f"{self.snapshot.model_version}"
+            )
+
+    @property
+    def model_version(self) -> str:
+        return self.pipeline.model_version
+
+
+@dataclass(frozen=True)
+class Query:
+    """One image to rank, as a client sent it."""
+
+    image: bytes
+    top_k: int
+
+
+@dataclass(frozen=True)
+class FaceRanking:
+    box: Box
+    confidence: float
+    matches: list[Match]
+
+
+class FacerankModel(Model):
+    """``facerank`` for KServe: ready once the pipeline and the first gallery snapshot are."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        *,
+        refresh_s: float = DEFAULT_REFRESH_S,
+        threshold: float = DEFAULT_MATCH_THRESHOLD,
+    ) -> None:
+        super().__init__(MODEL_NAME)
+        self.settings = settings
+        self.gallery = Gallery(store, settings.gallery_bucket)
+        self.refresh_s = refresh_s
+        self.threshold = threshold
+        self.serving: ServingPair | None = None
+        self._refresher: GalleryRefresher | None = None
+
+    # --- lifecycle (KServe calls load, then start on registration, stop on shutdown) --------
+
+    def load(self) -> bool:
+        """Build the pipeline and the first snapshot of its version; only then ready."""
+        pipeline = FacePipeline.from_settings(self.settings)
+        refresher = GalleryRefresher(
+            self.gallery,
+            pipeline.model_version,
+            lambda snapshot: self._serve(ServingPair(pipeline, snapshot)),
+            interval=self.refresh_s,
+        )
+        refresher.refresh()
+        self._refresher = refresher
+        self.ready = True
+        return self.ready
+
+    def start(self) -> None:
+        """Keep the gallery current. (KServe's default ``start`` would mark us ready.)"""
+        if self._refresher is not None:
+            self._refresher.start()
+
+    def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.stop()
+        self.ready = False
+
+    def _serve(self, pair: ServingPair) -> None:
+        previous, self.serving = self.serving, pair
+        if previous is not None and previous.model_version != pair.model_version:
+            MODEL_INFO.remove(previous.model_version)
+        MODEL_INFO.labels(pair.model_version).set(1)
+        GALLERY_FACES.set(len(pair.snapshot.index))
+        GALLERY_IDENTITIES.set(len(pair.snapshot.index.names))
+
+    # --- inference --------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        payload: dict[str, Any] | InferRequest | bytes,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        v2 = isinstance(payload, InferRequest)
+        protocol = "v2" if v2 else "v1"
+        started = time.perf_counter()
+        try:
+            queries = self._v2_queries(payload) if v2 else self._v1_queries(payload)
+            pair = self.serving
+            if pair is None:
+                raise RuntimeError("predict called before load")
+            loop = asyncio.get_running_loop()
+            rankings = await loop.run_in_executor(None, self._rank, pair, queries)
+        except InvalidInput:
+            REQUESTS.labels(protocol, "invalid").inc()
+            raise
+        except Exception:
+            REQUESTS.labels(protocol, "error").inc()
+            raise
+        REQUESTS.labels(protocol, "ok").inc()
+        LATENCY.labels(protocol).observe(time.perf_counter() - started)
+        FACES.observe(sum(len(r) for r in rankings))
+        if v2:
+            return v2_response(payload, pair.model_version, rankings)
+        return v1_response(pair.model_version, rankings)
+
+    def _rank(self, pair: ServingPair, queries: list[Query]) -> list[list[FaceRanking]]:
+        """Every face of every image ranked; one embedding batch and one search for all."""
+        per_image = []
+        for i, query in enumerate(queries):
+            try:
+                decoded = decode_image(
+                    query.image,
+                    max_bytes=self.settings.max_image_bytes,
+                    max_pixels=self.settings.max_image_pixels,
+                )
+            except InvalidImageError as exc:
+                raise InvalidInput(f"image {i}: {exc.code}: {exc}") from exc
+            per_image.append(pair.pipeline.analyze(decoded.pixels).faces)
+        faces = [face for image_faces in per_image for face in image_faces]
+        k = max(query.top_k for query in queries)
+        matches = iter(search(pair.snapshot.index, pair.pipeline.embed(faces), k, self.threshold))
+        return [
+            [
+                FaceRanking(f.detection.box, f.detection.confidence, next(matches)[: q.top_k])
+                for f in image_faces
+            ]
+            for q, image_faces in zip(queries, per_image, strict=True)
+        ]
+
+    # --- request parsing --------------------------------------------------------------------
+
+    def _v1_queries(self, body: object) -> list[Query]:
+        body = unwrap_cloudevent(body)
+        if not isinstance(body, dict) or "instances" not in body:
+            raise InvalidInput('expected a JSON object {"instances": [...]}')
+        instances = body["instances"]
+        _check_count(instances, "instances")
+        return [self._v1_instance(i, instance) for i, instance in enumerate(instances)]
+
+    def _v1_instance(self, i: int, instance: object) -> Query:
+        where = f"instances[{i}]"
+        image = instance.get("image") if isinstance(instance, dict) else None
+        b64 = image.get("b64") if isinstance(image, dict) else None
+        if not isinstance(b64, str) or not isinstance(instance, dict):
+            raise InvalidInput(f'{where}: expected {{"image": {{"b64": "<base64 image>"}}}}')
+        return Query(
+            self._from_base64(b64, where), parse_top_k(instance.get("top_k"), f"{where}.top_k")
+        )
+
+    def _v2_queries(self, request: InferRequest) -> list[Query]:
+        parameters = request.parameters if isinstance(request.parameters, Mapping) else {}
+        top_k = parse_top_k(parameters.get("top_k"), "parameters.top_k")
+        tensor = request.get_input_by_name("image")
+        if tensor is None or tensor.datatype != "BYTES":
+            raise InvalidInput('expected a BYTES input named "image" of shape [n]')
+        try:
+            items = tensor.as_numpy().reshape(-1).tolist()
+        except Exception as exc:  # KServe's tensor decoding raises assorted types on bad data
+            raise InvalidInput(f'input "image" is not a valid BYTES tensor: {exc}') from exc
+        _check_count(items, 'input "image"')
+        return [Query(self._v2_image(i, item), top_k) for i, item in enumerate(items)]
+
+    def _v2_image(self, i: int, item: object) -> bytes:
+        where = f'input "image"[{i}]'
+        if not isinstance(item, str):
+            raise InvalidInput(f"{where}: expected the image as base64 text")
+        return self._from_base64(item, where)
+
+    def _from_base64(self, text: str, where: str) -> bytes:
+        # Refuse by length before decoding, so an oversized body costs no decode.
+        self._check_size(len(text) * 3 // 4 - 2, where)
+        try:
+            data = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"{where}: not valid base64: {exc}") from exc
+        self._check_size(len(data), where)
+        return data
+
+    def _check_size(self, size: int, where: str) -> None:
+        limit = self.settings.max_image_bytes
+        if size > limit:
+            error = ImageTooLargeError(f"image of about {size} bytes exceeds the {limit} limit")
+            raise InvalidInput(f"{where}: {error.code}: {error}")
+
+
+def unwrap_cloudevent(body: object) -> object:
+    """The ``data`` of a structured CloudEvent KServe passed through, else ``body`` itself.
+
+    KServe 0.21 unwraps only structured events that carry ``time`` (optional in CloudEvents
+    1.0); without it the whole envelope arrives here.
+    """
+    if isinstance(body, dict) and "specversion" in body and "data" in body:
+        data = body["data"]
+        if isinstance(data, str | bytes):
+            try:
+                return json.loads(data)
+            except ValueError as exc:
+                raise InvalidInput(f"CloudEvent data is not JSON: {exc}") from exc
+        return data
+    return body
+
+
+def parse_top_k(value: object, where: str) -> int:
+    """``value`` as a positive int capped at :data:`MAX_TOP_K`; None means the default."""
+    if value is None:
+        return DEFAULT_TOP_K
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{where} must be a positive integer, not {value!r}")
+    return min(value, MAX_TOP_K)
+
+
+def _check_count(items: object, where: str) -> None:
+    if not isinstance(items, list) or not items:
+        raise InvalidInput(f"{where} must be a non-empty list")
+    if len(items) > MAX_INSTANCES:
+        raise InvalidInput(f"{where}: {len(items)} images, at most {MAX_INSTANCES} per request")
+
+
+# --- responses --------------------------------------------------------------------------
+
+
+def v1_response(model_version: str, rankings: list[list[FaceRanking]]) -> dict[str, Any]:
+    return {
+        "predictions": [
+            {
+                "model_version": model_version,
+                "faces": [
+                    {
+                        "box": list(face.box),
+                        "confidence": face.confidence,
+                        "matches": [asdict(m) for m in face.matches],
+                    }
+                    for face in faces
+                ],
+            }
+            for faces in rankings
+        ]
+    }
+
+
+def v2_response(
+    request: InferRequest, model_version: str, rankings: list[list[FaceRanking]]
+) -> InferResponse:
+    """Faces as rows of ``box``/``confidence``/``image_index``; matches as rows pointing at
+    their face through ``face_index``, closest first within each face."""
+    faces = [(i, face) for i, image_faces in enumerate(rankings) for face in image_faces]
+    rows = [(f, m) for f, (_, face) in enumerate(faces) for m in face.matches]
+    outputs = [
+        _tensor("box", [face.box for _, face in faces], np.int32, (len(faces), 4)),
+        _tensor("confidence", [face.confidence for _, face in faces], np.float32),
+        _tensor("image_index", [i for i, _ in faces], np.int32),
+        _tensor("face_index", [f for f, _ in rows], np.int32),
+        _tensor("identity", [m.identity.encode() for _, m in rows], np.object_),
+        _tensor("face_id", [m.face_id.encode() for _, m in rows], np.object_),
+        _tensor("distance", [m.distance for _, m in rows], np.float32),
+        _tensor("similarity", [m.similarity for _, m in rows], np.float32),
+        _tensor("match", [m.match for _, m in rows], np.bool_),
+    ]
+    return InferResponse(
+        response_id=request.id or str(uuid.uuid4()),
+        model_name=MODEL_NAME,
+        model_version=model_version,
+        infer_outputs=outputs,
+        parameters={"model_version": model_version},
+        use_binary_outputs=request.use_binary_outputs,
+        requested_outputs=request.request_outputs,
+    )
+
+
+_DATATYPES = {np.int32: "INT32", np.float32: "FP32", np.bool_: "BOOL", np.object_: "BYTES"}
+
+
+def _tensor(
+    name: str, values: list[Any], dtype: type, shape: tuple[int, ...] | None = None
+) -> InferOutput:
+    data = np.array(values, dtype=dtype).reshape(shape or (len(values),))
+    return InferOutput(name, list(data.shape), _DATATYPES[dtype], data=data)
