@@ -45,6 +45,8 @@ class Component:
     port: int
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 60.0
+    health_path: str = "/healthz"
+    """Answers 200 once the component serves (KServe: the model's readiness endpoint)."""
 
     @property
     def url(self) -> str:
@@ -154,7 +156,7 @@ class Supervisor:
                 raise ComponentFailedError(
                     f"{component.name} exited with status {process.returncode} while starting"
                 )
-            if _healthy(component.url + "/healthz"):
+            if _healthy(component.url + component.health_path):
                 log.info("%s ready at %s", component.name, component.url)
                 return
             time.sleep(0.2)

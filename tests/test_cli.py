@@ -106,3 +106,11 @@ def test_console_script_is_installed() -> None:
         pytest.skip(f"facerank is not installed into {BIN} (run through `make test`)")
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("facerank ")
+
+
+def test_query_without_a_predictor_says_so(astronaut_file: Path, tmp_path: Path) -> None:
+    result = facerank(
+        "query", str(astronaut_file), "--url", "http://127.0.0.1:9", data_dir=tmp_path, check=False
+    )
+    assert result.returncode == 2
+    assert "predictor_error: no predictor at http://127.0.0.1:9" in result.stderr

@@ -7,6 +7,7 @@ embedded default exactly as a user runs it, with free loopback ports so tests ca
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import pytest
 
 from facerank.gallery import Gallery
 from facerank.storage import FolderStore
+from tests.plugins.cli import run_facerank
 from tests.plugins.faces import encode
 
 READY = "facerank is up"
@@ -37,7 +39,8 @@ class Up:
     """A running ``facerank up`` whose output is collected line by line."""
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        env = {**os.environ, "FACERANK_DATA_DIR": str(data_dir), **env}
+        self.env = {"FACERANK_DATA_DIR": str(data_dir), **env}
+        env = {**os.environ, **self.env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "facerank.cli.main", "up"],
             env=env,
@@ -82,7 +85,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_up(data_dir: Path) -> Iterator[Callable[[], Up]]:
-    env = {f"FACERANK_{name}_PORT": str(free_port()) for name in ("BROKER", "SOURCE", "ENROLL")}
+    names = ("BROKER", "SOURCE", "ENROLL", "PREDICTOR")
+    env = {f"FACERANK_{name}_PORT": str(free_port()) for name in names}
     env["FACERANK_RECONCILE_INTERVAL"] = "1"  # many reconcile passes in a short test
     running: list[Up] = []
 
@@ -110,12 +114,38 @@ def drop(data_dir: Path, key: str, data: bytes) -> Path:
     return path
 
 
+def another_shot(data_dir: Path, astronaut: np.ndarray) -> Path:
+    """Another shot of the enrolled face: mirrored, darker, slightly cropped, outside the bucket."""
+    shot = (astronaut[20:, ::-1].astype(np.float32) * 0.85).astype(np.uint8)
+    path = data_dir.parent / "query.png"
+    path.write_bytes(encode(shot))
+    return path
+
+
+def top_identity(photo: Path, env: dict[str, str]) -> str | None:
+    """``facerank query --json`` as a user runs it; the top identity of the first face."""
+    result = run_facerank(
+        "query", str(photo), "--json", data_dir=Path(env["FACERANK_DATA_DIR"]), env=env, check=False
+    )
+    if result.returncode != 0:
+        return None
+    faces = json.loads(result.stdout)["faces"]
+    return faces[0]["matches"][0]["identity"] if faces and faces[0]["matches"] else None
+
+
 def test_drop_enroll_delete_restart(
     start_up: Callable[[], Up], data_dir: Path, astronaut: np.ndarray
 ) -> None:
     up = start_up()
     photo = drop(data_dir, "eileen/1.jpg", encode(astronaut, "JPEG"))
     up.wait_for(lambda: identities(data_dir) == {"eileen": 1}, "eileen to be enrolled")
+
+    # The predictor picks the new face up by itself and ranks it first for another shot of her.
+    query = another_shot(data_dir, astronaut)
+    up.wait_for(lambda: top_identity(query, up.env) == "eileen", "eileen to be the top match")
+    table = run_facerank("query", str(query), data_dir=data_dir, env=up.env).stdout
+    assert "model version: lbp-v0; 1 face(s)" in table
+    assert table.splitlines()[3].split()[:2] == ["1", "eileen"]
 
     drop(data_dir, "eileen/broken.jpg", b"\xff\xd8\xff not really a jpeg")
     drop(data_dir, "wall/1.png", encode(np.full((200, 200, 3), 90, np.uint8)))

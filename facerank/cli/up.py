@@ -1,10 +1,10 @@
 """``facerank up``: the whole pipeline on this machine, in the foreground.
 
 Each component runs as its own process through the entry point its container image uses, in
-dependency order: the enroll function, the local broker (which delivers to it), then the
-bucket event source (which sends to the broker and, at start, reconciles the faces bucket
-against the gallery, so photos dropped while facerank was down are enrolled). Ctrl-C stops
-everything; the next ``facerank up`` continues on the same data.
+dependency order: the enroll function, the local broker (which delivers to it), the bucket
+event source (which sends to the broker and, at start, reconciles the faces bucket against the
+gallery, so photos dropped while facerank was down are enrolled), and the KServe predictor.
+Ctrl-C stops everything; the next ``facerank up`` continues on the same data.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "up",
         help="run the facerank pipeline on this machine (Ctrl-C stops it)",
-        description="Start the enroll function, the local broker and the bucket event source "
-        "as processes, watch them, and stop them on Ctrl-C.",
+        description="Start the enroll function, the local broker, the bucket event source and "
+        "the KServe predictor as processes, watch them, and stop them on Ctrl-C.",
     )
     parser.set_defaults(handler=run)
 
@@ -47,7 +47,13 @@ def embedded_components(settings: Settings) -> list[Component]:
     source = Component(
         "source", "functions.source", settings.source_port, env={"K_SINK": broker.url + "/"}
     )
-    return [enroll, broker, source]
+    predictor = Component(
+        "predictor",
+        "inference",
+        settings.predictor_port,
+        health_path="/v1/models/facerank",  # KServe answers 200 once the model is ready
+    )
+    return [enroll, broker, source, predictor]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -78,6 +84,8 @@ def print_welcome(settings: Settings, components: list[Component]) -> None:
         f"  drop photos into   {settings.buckets_dir / settings.faces_bucket}/<identity>/<file>",
         "  or upload them     facerank upload PATH... (identity folders)",
         "  see who is known   facerank gallery ls",
+        f"  query a photo      facerank query PHOTO   (or curl {urls['predictor']}"
+        "/v1/models/facerank:predict)",
         f"  broker             {urls['broker']}  (dead letters in {settings.data_dir / 'broker'})",
         f"  MinIO webhook      {urls['source']}/minio",
         "  Ctrl-C stops everything; the next `facerank up` continues on the same data",
