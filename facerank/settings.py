@@ -63,6 +63,15 @@ class Settings:
 
     predictor_port: int = 8080
 
+    match_threshold: float = 0.60
+    """Largest embedding distance the predictor calls a ``match``. Measured for ``lbp-v0`` on
+    the AT&T faces Haar detects (1,430 same-person and 60,346 different-person pairs): 0.60
+    accepts 5.0% of strangers and 67% of genuine pairs; 0.564 would be FAR 1% (TAR 54%). A
+    conservative point for a weak descriptor; recalibrated when the pretrained one arrives."""
+
+    gallery_refresh_s: float = 2.0
+    """Seconds between the predictor's polls of the gallery for enrolled and removed faces."""
+
     broker_port: int = 8090
     """Local broker ingress (embedded mode; in a cluster the Knative Broker replaces it)."""
 
@@ -70,6 +79,9 @@ class Settings:
     """Bucket event source: MinIO webhook and SNS endpoints."""
 
     enroll_port: int = 8092
+
+    web_port: int = 8081
+    """The web page (``python -m inference.web``); it reaches the predictor server-side."""
 
     webhook_token: str = field(default="", repr=False)
     """Bearer token MinIO must send to the webhook (its ``auth_token``); empty: not checked."""
@@ -157,9 +169,13 @@ class Settings:
             raise ConfigError(f"FACERANK_ALIGN must be 'eyes' or 'box', not {self.align!r}")
         if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
             raise ConfigError("FACERANK_S3_ENDPOINT must start with http:// or https://")
+        if not 0.0 < self.match_threshold <= 2.0:
+            raise ConfigError("FACERANK_MATCH_THRESHOLD must be in (0, 2]: unit-vector distances")
+        if self.gallery_refresh_s <= 0:
+            raise ConfigError("FACERANK_GALLERY_REFRESH_S must be positive")
         if not 0.0 <= self.min_face_confidence < 1.0:
             raise ConfigError("FACERANK_MIN_FACE_CONFIDENCE must be in [0, 1)")
-        for name in ("predictor_port", "broker_port", "source_port", "enroll_port"):
+        for name in ("predictor_port", "broker_port", "source_port", "enroll_port", "web_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} out of range: {getattr(self, name)}")
         if self.enroll_faces not in ("largest", "all"):

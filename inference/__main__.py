@@ -8,31 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 
 from kserve import ModelServer
 
-from facerank.errors import ConfigError
 from facerank.settings import Settings
 from facerank.storage import open_store
 from inference.model import FacerankModel
-from inference.snapshot import DEFAULT_REFRESH_S
-
-REFRESH_ENV = "FACERANK_GALLERY_REFRESH_S"
-
-
-def refresh_interval(env: Mapping[str, str] = os.environ) -> float:
-    """Seconds between gallery polls, from ``FACERANK_GALLERY_REFRESH_S``."""
-    raw = env.get(REFRESH_ENV)
-    if raw is None:
-        return DEFAULT_REFRESH_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{REFRESH_ENV} must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{REFRESH_ENV} must be positive")
-    return value
 
 
 def main() -> None:
@@ -40,7 +21,12 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s predictor %(levelname)s %(message)s"
     )
-    model = FacerankModel(settings, open_store(settings), refresh_s=refresh_interval())
+    model = FacerankModel(
+        settings,
+        open_store(settings),
+        refresh_s=settings.gallery_refresh_s,
+        threshold=settings.match_threshold,
+    )
     model.load()
     port = int(os.environ.get("PORT", settings.predictor_port))
     # One worker: the model and its refresher live in this process; gRPC is not offered yet.

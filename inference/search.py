@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_MATCH_THRESHOLD = 0.60
-"""Largest distance still called a match. PROVISIONAL until the accuracy issue calibrates it
-with the eval harness. Measured for ``lbp-v0`` on generated data: the 100 ``lfw_subset``
-faces, 4 re-shot variants each (``tests.plugins.faces.labelled_chips``, seed 1); genuine pairs
-had median distance 0.43 (99th percentile 0.56), impostors median 0.72 (1st percentile 0.62);
-the equal-error point is 0.606 (FAR = FRR = 0.3 %)."""
+from facerank.settings import Settings
+
+DEFAULT_MATCH_THRESHOLD = Settings.match_threshold
+"""``FACERANK_MATCH_THRESHOLD``'s default; see ``Settings.match_threshold`` for how it was
+measured."""
 
 _SIM_BITS_OF_ONE = int(np.array(1.0, dtype=np.float32).view(np.int32))
 """Bit pattern of float32 1.0: the largest magnitude a clipped cosine can have."""

@@ -26,11 +26,12 @@ from facerank.errors import BucketNotFoundError, ObjectNotFoundError
 from facerank.gallery import Gallery
 from facerank.gallery.gallery import RECORDS
 from facerank.gallery.records import SourceRecord
+from facerank.settings import Settings
 from inference.search import GalleryIndex
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REFRESH_S = 2.0
+DEFAULT_REFRESH_S = Settings.gallery_refresh_s
 """Seconds between polls of the records prefix (``FACERANK_GALLERY_REFRESH_S``)."""
 
 

@@ -10,13 +10,16 @@ Ctrl-C stops everything; the next ``facerank up`` continues on the same data.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
 
+from facerank.demo import DemoInfo, prepare_demo
+from facerank.errors import FacerankError
 from facerank.gallery import Gallery
 from facerank.settings import Settings
-from facerank.storage import open_store
+from facerank.storage import ObjectStore, open_store
 from facerank.supervisor import Component, Supervisor, loopback_url
 
 
@@ -26,6 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="run the facerank pipeline on this machine (Ctrl-C stops it)",
         description="Start the enroll function, the local broker, the bucket event source and "
         "the KServe predictor as processes, watch them, and stop them on Ctrl-C.",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="first upload demo faces (face-api's sample photos, fetched once with npm) "
+        "and print a query to try",
     )
     parser.set_defaults(handler=run)
 
@@ -53,7 +62,9 @@ def embedded_components(settings: Settings) -> list[Component]:
         settings.predictor_port,
         health_path="/v1/models/facerank",  # KServe answers 200 once the model is ready
     )
-    return [enroll, broker, source, predictor]
+    # After the predictor: the page forwards queries to it (at its settings port, by default).
+    web = Component("web", "inference.web", settings.web_port)
+    return [enroll, broker, source, predictor, web]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -63,6 +74,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     counts = Gallery(store, settings.gallery_bucket).identities()
     faces = sum(counts.values())
     log(f"store: {store.description}; gallery: {len(counts)} identities, {faces} faces")
+    # Uploaded before the components start, so the source's first reconcile enrolls them.
+    demo = try_prepare_demo(settings, store) if args.demo else None
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -71,6 +84,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with Supervisor(components, env=settings.to_env()) as supervisor:
         supervisor.start()
         print_welcome(settings, components)
+        if demo is not None:
+            print_demo(settings, demo)
         supervisor.watch(stop)
         log("stopping")
     log("stopped")
@@ -86,9 +101,40 @@ def print_welcome(settings: Settings, components: list[Component]) -> None:
         "  see who is known   facerank gallery ls",
         f"  query a photo      facerank query PHOTO   (or curl {urls['predictor']}"
         "/v1/models/facerank:predict)",
+        f"  web page           {urls['web']}",
         f"  broker             {urls['broker']}  (dead letters in {settings.data_dir / 'broker'})",
         f"  MinIO webhook      {urls['source']}/minio",
         "  Ctrl-C stops everything; the next `facerank up` continues on the same data",
+    ]
+    for line in lines:
+        log(line)
+
+
+def try_prepare_demo(settings: Settings, store: ObjectStore) -> DemoInfo | None:
+    """The demo data, or None after logging why not: a demo must never keep facerank down."""
+    try:
+        demo = prepare_demo(settings, store)
+    except FacerankError as exc:
+        log(f"demo: not prepared, starting without it: {exc.code}: {exc}")
+        return None
+    log(
+        f"demo: {len(demo.identities)} face identities from the face-api sample photos "
+        f"({len(demo.uploaded)} uploaded now, "
+        f"{len(demo.identities) - len(demo.uploaded)} already there), "
+        f"query written to {demo.query_path}"
+    )
+    return demo
+
+
+def print_demo(settings: Settings, demo: DemoInfo) -> None:
+    """The exact commands to try the demo query, once enrollment has caught up."""
+    url = f"{loopback_url(settings.predictor_port)}/v1/models/facerank:predict"
+    body = shlex.quote(f"@{demo.request_path}")
+    lines = [
+        "try the demo (the faces are enrolled within seconds):",
+        f"  curl -s -H 'content-type: application/json' -d {body} {url}",
+        f"  facerank query {shlex.quote(str(demo.query_path))}",
+        f"  expected top identity: {demo.expected_identity}",
     ]
     for line in lines:
         log(line)

@@ -1,0 +1,38 @@
+"""``python -m inference.web``: the web page as ``facerank up`` and its container run it.
+
+Port from ``PORT`` (what Knative injects) else ``FACERANK_WEB_PORT``; the predictor from
+``FACERANK_PREDICTOR_URL`` (a cluster Service address) else this machine's predictor port, as
+``facerank up`` lays it out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from facerank.serving import DEFAULT_HOST, serve
+from facerank.settings import Settings
+from facerank.storage import open_store
+from facerank.supervisor import loopback_url
+from inference.web.app import create_app
+
+PREDICTOR_URL_ENV = "FACERANK_PREDICTOR_URL"
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s web %(levelname)s %(message)s"
+    )
+    predictor_url = os.environ.get(PREDICTOR_URL_ENV) or loopback_url(settings.predictor_port)
+    app = create_app(settings, open_store(settings), predictor_url)
+    serve(
+        app,
+        host=os.environ.get("FACERANK_LISTEN_HOST") or DEFAULT_HOST,
+        port=int(os.environ.get("PORT", settings.web_port)),
+        name="web",
+    )
+
+
+if __name__ == "__main__":
+    main()
