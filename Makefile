@@ -1,6 +1,6 @@
 # The two Quickstart commands. Both create .venv on first use and are safe to re-run:
 # the venv is rebuilt only when pyproject.toml changes.
-#   make up    set everything up and run `facerank up`
+#   make up    set everything up and run `facerank up --demo` (UP_ARGS= for no demo)
 #   make test  set everything up and run the linters and the test suite
 
 SHELL := /bin/bash
@@ -11,10 +11,12 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
+UP_ARGS ?= --demo
+
 .PHONY: up test lint setup setup-test clean
 
 up: $(RUNTIME_STAMP)
-	$(BIN)/facerank up
+	$(BIN)/facerank up $(UP_ARGS)
 
 test: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest
