@@ -8,6 +8,7 @@ make waitress stop accepting and finish the requests under way before :func:`ser
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Any
 
@@ -17,6 +18,28 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 """Loopback unless told otherwise (containers pass 0.0.0.0): a laptop is not a server."""
+
+
+LISTEN_HOST_ENV = "FACERANK_LISTEN_HOST"
+
+
+def listen_host(*names: str) -> str:
+    """The first of the named variables that is set, then ``FACERANK_LISTEN_HOST``, then
+    loopback (containers set ``0.0.0.0``)."""
+    for name in (*names, LISTEN_HOST_ENV):
+        if os.environ.get(name):
+            return os.environ[name]
+    return DEFAULT_HOST
+
+
+def listen_port(default: int) -> int:
+    """``PORT`` as Knative and KServe inject it, else the component's default from settings."""
+    return int(os.environ.get("PORT", default))
+
+
+def loopback_url(port: int) -> str:
+    """Where a process listening on ``port`` is reached from this machine."""
+    return f"http://127.0.0.1:{port}"
 
 
 def serve(app: Any, *, host: str, port: int, name: str, threads: int = 8) -> None:

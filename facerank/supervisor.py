@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from facerank.errors import FacerankError
+from facerank.serving import loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,6 @@ class Component:
     @property
     def url(self) -> str:
         return loopback_url(self.port)
-
-
-def loopback_url(port: int) -> str:
-    """Where a component listening on ``port`` is reached on this machine."""
-    return f"http://127.0.0.1:{port}"
 
 
 class Supervisor:

@@ -6,21 +6,19 @@ Knative contracts these helpers keep in one place:
   the reply as a malformed event and retry forever;
 * a retryable failure must be a 5xx (Knative retries 5xx, 404, 408, 409 and 429), a final one
   a 4xx, so the broker's delivery spec and dead-letter sink do their job;
-* the port comes from ``PORT`` (Knative injects it); serving itself (waitress, SIGTERM means
-  drain and exit) is :func:`facerank.serving.serve`, shared with the local broker.
+* the port comes from ``PORT`` (Knative injects it); that and serving itself (waitress,
+  SIGTERM means drain and exit) live in :mod:`facerank.serving`, shared with the broker.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 from cloudevents.http import CloudEvent
 from flask import Flask, Request, Response, jsonify
 
 from facerank.cehttp import from_http, to_binary
 from facerank.errors import FacerankError
-from facerank.serving import DEFAULT_HOST
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +62,3 @@ def create_function_app(name: str) -> Flask:
         return error_response(exc)
 
     return app
-
-
-def listen_port(default: int) -> int:
-    """``PORT`` as Knative injects it, else the component's default from the settings."""
-    return int(os.environ.get("PORT", default))
-
-
-def listen_host(*names: str) -> str:
-    """The first of the named variables that is set, then ``FACERANK_LISTEN_HOST``, then
-    loopback (containers set ``0.0.0.0``)."""
-    for name in (*names, "FACERANK_LISTEN_HOST"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return DEFAULT_HOST

@@ -7,10 +7,10 @@ pipeline and the first gallery snapshot are in memory before the port opens.
 from __future__ import annotations
 
 import logging
-import os
 
 from kserve import ModelServer
 
+from facerank.serving import listen_port
 from facerank.settings import Settings
 from facerank.storage import open_store
 from inference.model import FacerankModel
@@ -28,7 +28,7 @@ def main() -> None:
         threshold=settings.match_threshold,
     )
     model.load()
-    port = int(os.environ.get("PORT", settings.predictor_port))
+    port = listen_port(settings.predictor_port)
     # One worker: the model and its refresher live in this process; gRPC is not offered yet.
     ModelServer(http_port=port, workers=1, enable_grpc=False).start([model])
 

@@ -11,13 +11,12 @@ start.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from facerank.broker.app import create_app
 from facerank.broker.broker import LocalBroker
 from facerank.errors import FacerankError
-from facerank.serving import DEFAULT_HOST, serve
+from facerank.serving import listen_host, serve
 from facerank.settings import Settings
 
 HOST_ENV = "FACERANK_BROKER_HOST"
@@ -34,7 +33,7 @@ def main() -> int:
     except FacerankError as exc:
         print(f"facerank.broker: {exc.code}: {exc}", file=sys.stderr)
         return 2
-    host = os.environ.get(HOST_ENV, DEFAULT_HOST)
+    host = listen_host(HOST_ENV)
     broker.start()
     try:
         serve(

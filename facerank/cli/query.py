@@ -16,6 +16,7 @@ from typing import Any
 
 from facerank.cli.output import emit_json
 from facerank.errors import FacerankError
+from facerank.serving import loopback_url
 from facerank.settings import Settings
 
 MODEL = "facerank"
@@ -44,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    base = args.url or f"http://127.0.0.1:{settings.predictor_port}"
+    base = args.url or loopback_url(settings.predictor_port)
     try:
         image = args.image.read_bytes()
     except OSError as exc:

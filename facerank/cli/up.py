@@ -18,9 +18,10 @@ import threading
 from facerank.demo import DemoInfo, prepare_demo
 from facerank.errors import FacerankError
 from facerank.gallery import Gallery
+from facerank.serving import loopback_url
 from facerank.settings import Settings
 from facerank.storage import ObjectStore, open_store
-from facerank.supervisor import Component, Supervisor, loopback_url
+from facerank.supervisor import Component, Supervisor
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

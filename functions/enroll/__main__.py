@@ -6,12 +6,11 @@ import logging
 
 from facerank.gallery import Gallery
 from facerank.pipeline import FacePipeline
-from facerank.serving import serve
+from facerank.serving import listen_host, listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from functions.enroll.app import create_app
 from functions.enroll.handler import EnrollHandler
-from functions.runtime import listen_host, listen_port
 
 
 def main() -> None:

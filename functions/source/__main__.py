@@ -17,10 +17,9 @@ from contextlib import ExitStack
 
 from facerank.errors import ConfigError, FacerankError
 from facerank.gallery import Gallery
-from facerank.serving import serve
+from facerank.serving import listen_host, listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import FolderStore, ObjectStore, open_store
-from functions.runtime import listen_host, listen_port
 from functions.source.app import create_app
 from functions.source.emitter import Emitter, sink_from_env
 from functions.source.reconcile import Reconciler

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import os
 
-from facerank.serving import DEFAULT_HOST, serve
+from facerank.serving import listen_host, listen_port, loopback_url, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
-from facerank.supervisor import loopback_url
 from inference.web.app import create_app
 
 PREDICTOR_URL_ENV = "FACERANK_PREDICTOR_URL"
@@ -28,8 +27,8 @@ def main() -> None:
     app = create_app(settings, open_store(settings), predictor_url)
     serve(
         app,
-        host=os.environ.get("FACERANK_LISTEN_HOST") or DEFAULT_HOST,
-        port=int(os.environ.get("PORT", settings.web_port)),
+        host=listen_host(),
+        port=listen_port(settings.web_port),
         name="web",
     )
 
