@@ -26,7 +26,7 @@ from kserve import ModelServer
 import inference.model
 from facerank.embedding import LbpEmbedder, l2_normalize
 from facerank.faces.align import ChipSpec
-from facerank.pipeline import FacePipeline, detector_from_settings
+from facerank.pipeline import FacePipeline, detector_from_settings, image_limits
 from facerank.settings import Settings
 from facerank.storage import FolderStore
 from inference.model import FacerankModel, ServingPair
@@ -146,7 +146,10 @@ def serve(faces: int, searcher: str, port: int) -> None:
         settings = Settings(data_dir=Path(empty))
         model = FacerankModel(settings, FolderStore(settings.buckets_dir))
         pipeline = FacePipeline(
-            detector_from_settings(settings), ProjectedLbp(), align_mode=settings.align
+            detector_from_settings(settings),
+            ProjectedLbp(),
+            align_mode=settings.align,
+            limits=image_limits(settings),
         )
         snapshot = GallerySnapshot(MODEL_VERSION, synthetic_index(faces))
         model.serving = ServingPair(pipeline, snapshot)

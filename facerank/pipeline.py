@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from facerank.embedding import Embedder, load_embedder
 from facerank.errors import InvalidImageError
 from facerank.faces import AlignedFace, AlignMode, Detection, FaceDetector, HaarFaceDetector
 from facerank.faces.align import align_face
-from facerank.imaging import read_image_file
+from facerank.imaging import DecodedImage, decode_image, read_image_file
 from facerank.settings import Settings
 
 T = TypeVar("T")
@@ -60,17 +60,13 @@ class FacePipeline:
         embedder: Embedder,
         *,
         align_mode: AlignMode = "eyes",
-        max_image_bytes: int | None = None,
-        max_image_pixels: int | None = None,
+        limits: Mapping[str, int] | None = None,
     ) -> None:
+        """``limits``: the decoder's ``max_bytes`` / ``max_pixels`` (its defaults if omitted)."""
         self.detector = detector
         self.embedder = embedder
         self.align_mode = align_mode
-        self._limits = {
-            k: v
-            for k, v in (("max_bytes", max_image_bytes), ("max_pixels", max_image_pixels))
-            if v is not None
-        }
+        self._limits = dict(limits or {})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FacePipeline:
@@ -78,8 +74,7 @@ class FacePipeline:
             detector_from_settings(settings),
             load_embedder(settings.model),
             align_mode=settings.align,
-            max_image_bytes=settings.max_image_bytes,
-            max_image_pixels=settings.max_image_pixels,
+            limits=image_limits(settings),
         )
 
     @property
@@ -93,6 +88,10 @@ class FacePipeline:
             for d in self.detector.detect(pixels)
         ]
         return ImageFaces(width=pixels.shape[1], height=pixels.shape[0], faces=faces)
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Decode untrusted image bytes within this pipeline's limits (typed errors)."""
+        return decode_image(data, **self._limits)
 
     def analyze_file(self, path: Path) -> FileResult:
         """Read, decode and analyze one file; bad images become a result, not an exception."""

@@ -40,7 +40,6 @@ from prometheus_client import Counter, Gauge, Histogram
 from facerank.errors import ImageTooLargeError, InvalidImageError
 from facerank.faces.detect import Box
 from facerank.gallery import Gallery
-from facerank.imaging.decode import decode_image
 from facerank.pipeline import FacePipeline
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
@@ -195,11 +194,7 @@ class FacerankModel(Model):
         per_image = []
         for i, query in enumerate(queries):
             try:
-                decoded = decode_image(
-                    query.image,
-                    max_bytes=self.settings.max_image_bytes,
-                    max_pixels=self.settings.max_image_pixels,
-                )
+                decoded = pair.pipeline.decode(query.image)
             except InvalidImageError as exc:
                 raise InvalidInput(f"image {i}: {exc.code}: {exc}") from exc
             per_image.append(pair.pipeline.analyze(decoded.pixels).faces)

@@ -46,7 +46,6 @@ from facerank.events import (
 from facerank.faces import HaarFaceDetector
 from facerank.faces.align import GALLERY_CROP_256, align_face
 from facerank.gallery import EnrolledFace, Gallery, SourceRecord, face_id, identity_from_key
-from facerank.imaging import decode_image
 from facerank.pipeline import Face, FacePipeline
 from facerank.settings import EnrollFaces, Settings
 from facerank.storage import ObjectStore, StoredObject
@@ -145,11 +144,7 @@ class EnrollHandler:
         self, identity: str, stored: StoredObject
     ) -> tuple[SourceRecord, list[np.ndarray], np.ndarray]:
         info = stored.info
-        pixels = decode_image(
-            stored.data,
-            max_bytes=self.settings.max_image_bytes,
-            max_pixels=self.settings.max_image_pixels,
-        ).pixels
+        pixels = self.pipeline.decode(stored.data).pixels
         faces = self.pipeline.analyze(pixels).faces
         if not faces:
             raise self._why_no_face(pixels)
