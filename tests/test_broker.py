@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +46,7 @@ from facerank.events import (
     reply_event,
 )
 from facerank.settings import Settings
+from tests.plugins.http import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -74,12 +74,6 @@ def serving(app: Flask, port: int = 0) -> Iterator[str]:
         server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
         thread.join(5)
         server.task_dispatcher.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- subscribers -------------------------------------------------------------------------

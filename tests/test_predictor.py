@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +28,11 @@ from facerank.gallery import Gallery
 from facerank.pipeline import FacePipeline
 from facerank.settings import Settings
 from facerank.storage import FolderStore
+from facerank.supervisor import Component, Supervisor
 from functions.enroll.handler import EnrollHandler
 from inference.search import DEFAULT_MATCH_THRESHOLD
 from tests.plugins.faces import encode, variant
+from tests.plugins.http import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -110,12 +108,6 @@ class Server:
             time.sleep(REFRESH_S / 2)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray, lfw_faces: np.ndarray
@@ -127,37 +119,15 @@ def server(
         enroller.add(f"{identity}/1.jpg", lfw_photo(lfw_faces, index))
     port = free_port()
     env = {
-        **os.environ,
         "FACERANK_DATA_DIR": str(data_dir),
         "FACERANK_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
         "FACERANK_GALLERY_REFRESH_S": str(REFRESH_S),
-        "PORT": str(port),
     }
-    log = (data_dir / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inference"], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (data_dir / "server.log").read_text()
-            try:
-                if requests.get(f"{url}/v1/models/facerank", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "predictor not ready within 60 s"
-            time.sleep(0.2)
-        yield Server(url, enroller)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    # The same supervisor and readiness check as `facerank up`, so this is the real start-up.
+    predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
+    with Supervisor([predictor], env=env) as supervisor:
+        supervisor.start()
+        yield Server(predictor.url, enroller)
 
 
 @pytest.fixture(scope="module")

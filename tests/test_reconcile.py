@@ -7,7 +7,9 @@ with real puts, and events land in a real sink, so a pass is checked end to end.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from facerank.events import (
 )
 from facerank.gallery import Gallery
 from facerank.settings import Settings
-from facerank.storage import ObjectStore, S3Store
+from facerank.storage import FolderStore, ObjectStore, S3Store
 from functions.source.emitter import Emitter
 from functions.source.reconcile import Reconciler, ReconcileReport
 from functions.source.verdicts import RejectedVersions
@@ -203,3 +205,25 @@ def test_versions_enroll_rejected_are_not_sent_again(
     store.put(FACES, "wall/1.jpg", b"a new version, maybe with a face")
     assert reconciler.run_once() == ReconcileReport(objects=1, created=1)
     assert [e["subject"] for e in event_sink.wait_for(1)] == ["wall/1.jpg"]
+
+
+def test_an_hourly_sweep_collects_objects_left_by_a_crashed_enrollment(
+    folder_store: FolderStore, emitter: Emitter, tmp_path: Path
+) -> None:
+    """Face objects written before a crash, with no record, are deleted once past the grace."""
+    gallery = Gallery(folder_store, "gallery")
+    folder_store.ensure_bucket(FACES)
+    gallery.ensure()
+    kept = enroll(gallery, "alice/1.jpg", put(folder_store, "alice/1.jpg"))
+    for name in ("crop.png", "lbp-v0.f32"):
+        folder_store.put("gallery", f"faces/crashed-0/{name}", b"left behind")
+    an_hour_ago = time.time() - 3600
+    for path in (folder_store.root / "gallery" / "faces").rglob("*"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    reconciler = Reconciler(folder_store, gallery, emitter)
+
+    assert reconciler.run_once().orphans_collected == 2
+    assert gallery.face_keys("crashed-0") == []
+    assert gallery.face_keys(kept.faces[0].face_id) != []
+    folder_store.put("gallery", "faces/crashed-1/crop.png", b"left behind")
+    assert reconciler.run_once().orphans_collected == 0  # the next sweep is an hour away

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ from functions.source.app import create_app
 from functions.source.aws import confirmation_allowed
 from functions.source.emitter import Emitter
 from functions.source.verdicts import RejectedVersions
-from tests.plugins.http import serving
+from tests.plugins.http import free_port, serving
 from tests.plugins.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.plugins.sink import EventSink
 
@@ -595,12 +594,6 @@ def test_entry_point_refuses_to_start_without_a_sink(tmp_path: Path) -> None:
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 2
     assert "K_SINK is not set" in output
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_healthy(url: str, timeout: float = 30.0) -> None:

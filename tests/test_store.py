@@ -13,7 +13,6 @@ import http.server
 import io
 import multiprocessing
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +44,7 @@ from facerank.storage.keys import (
     is_valid_key,
     normalise_metadata,
 )
+from tests.plugins.http import free_port
 from tests.plugins.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY
 
 BUCKET = "faces"
@@ -691,15 +691,8 @@ def test_crash_mid_put_leaves_the_old_object_and_no_visible_debris(
 # --- S3 store ------------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_endpoint_fails_fast_and_retryable() -> None:
-    store = S3Store(f"http://127.0.0.1:{closed_port()}", S3_ACCESS_KEY, S3_SECRET_KEY)
+    store = S3Store(f"http://127.0.0.1:{free_port()}", S3_ACCESS_KEY, S3_SECRET_KEY)
     started = time.monotonic()
 
     for operation in bucket_operations(store).values():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,14 +24,9 @@ from facerank.gallery import Gallery
 from facerank.storage import FolderStore
 from tests.plugins.cli import run_facerank
 from tests.plugins.faces import encode
+from tests.plugins.http import free_port
 
 READY = "facerank is up"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Up:
