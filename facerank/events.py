@@ -9,7 +9,6 @@ so brokers and handlers can recognise redeliveries.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 import urllib.error
@@ -177,8 +176,3 @@ def send_event(
 def describe(event: CloudEvent) -> str:
     """A one-line summary for logs: type, subject and id, never the data."""
     return f"{event['type']} subject={event.get('subject', '-')!r} id={event['id']}"
-
-
-def event_json(event: CloudEvent) -> str:
-    """A structured-mode JSON document of ``event`` (for files such as the dead-letter folder)."""
-    return json.dumps({**event.get_attributes(), "data": event.get_data()}, ensure_ascii=False)

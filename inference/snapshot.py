@@ -14,7 +14,6 @@ assignment; no request ever sees half an update and none waits for a lock.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -24,8 +23,6 @@ import numpy as np
 
 from facerank.errors import BucketNotFoundError, ObjectNotFoundError
 from facerank.gallery import Gallery
-from facerank.gallery.gallery import RECORDS
-from facerank.gallery.records import SourceRecord
 from facerank.settings import Settings
 from inference.search import GalleryIndex
 
@@ -151,8 +148,7 @@ class GalleryRefresher:
 
     def _list_records(self) -> dict[str, str]:
         try:
-            infos = self.gallery.store.list(self.gallery.bucket, RECORDS)
-            return {info.key: info.etag for info in infos if info.key.endswith(".json")}
+            return self.gallery.record_versions()
         except BucketNotFoundError:
             return {}
 
@@ -163,15 +159,11 @@ class GalleryRefresher:
         None. An unreadable record is remembered at its ETag as contributing nothing, so it is
         not fetched (and warned about) again until it changes.
         """
-        try:
-            stored = self.gallery.store.get(self.gallery.bucket, key)
-        except ObjectNotFoundError:
+        stored = self.gallery.read_record(key)
+        if stored is None:
             return None
-        etag = stored.info.etag
-        try:
-            record = SourceRecord.from_json(json.loads(stored.data))
-        except ValueError as exc:
-            log.warning("ignoring unreadable gallery record %s: %s", key, exc)
+        etag, record = stored.etag, stored.record
+        if record is None:
             return _RecordFaces(etag, "", (), ())
         if self.model_version not in record.model_versions:
             return _RecordFaces(etag, record.identity, (), ())

@@ -1,6 +1,6 @@
 """The gallery of enrolled faces: crops, records and per-model-version embeddings."""
 
-from facerank.gallery.gallery import Gallery, GalleryMatrix
+from facerank.gallery.gallery import Gallery, GalleryMatrix, StoredRecord
 from facerank.gallery.identity import identity_from_key, normalise_identity
 from facerank.gallery.records import EnrolledFace, SourceRecord, face_id, source_id
 
@@ -9,6 +9,7 @@ __all__ = [
     "Gallery",
     "GalleryMatrix",
     "SourceRecord",
+    "StoredRecord",
     "face_id",
     "identity_from_key",
     "normalise_identity",

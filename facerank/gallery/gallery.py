@@ -46,6 +46,16 @@ ORPHAN_GRACE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
+class StoredRecord:
+    """A record as read, with the ETag of the bytes read, for callers that track changes."""
+
+    key: str
+    etag: str
+    record: SourceRecord | None
+    """None when the object is not a readable record (logged once per read)."""
+
+
+@dataclass(frozen=True)
 class GalleryMatrix:
     """Every enrolled face of one model version, ready for one matrix product."""
 
@@ -139,6 +149,27 @@ class Gallery:
             if record is not None:
                 yield record
 
+    def record_versions(self) -> dict[str, str]:
+        """``record key -> ETag`` of every record: what a poller compares to spot changes."""
+        return {
+            info.key: info.etag
+            for info in self.store.list(self.bucket, RECORDS)
+            if info.key.endswith(".json")
+        }
+
+    def read_record(self, key: str) -> StoredRecord | None:
+        """The record stored at ``key`` with its ETag; None when it no longer exists."""
+        try:
+            stored = self.store.get(self.bucket, key)
+        except ObjectNotFoundError:
+            return None
+        try:
+            record = SourceRecord.from_json(json.loads(stored.data))
+        except ValueError as exc:
+            log.warning("ignoring unreadable gallery record %s: %s", key, exc)
+            record = None
+        return StoredRecord(key, stored.info.etag, record)
+
     def identities(self) -> dict[str, int]:
         """Enrolled face count per identity."""
         counts: dict[str, int] = {}
@@ -219,15 +250,8 @@ class Gallery:
         )
 
     def _read_record(self, key: str) -> SourceRecord | None:
-        try:
-            data = self.store.get(self.bucket, key).data
-        except ObjectNotFoundError:
-            return None
-        try:
-            return SourceRecord.from_json(json.loads(data))
-        except ValueError as exc:
-            log.warning("ignoring unreadable gallery record %s: %s", key, exc)
-            return None
+        stored = self.read_record(key)
+        return None if stored is None else stored.record
 
 
 def _record_key(identity: str, source: str) -> str:
