@@ -25,6 +25,10 @@ from functions.source.verdicts import RejectedVersions
 
 log = logging.getLogger(__name__)
 
+ORPHAN_SWEEP_S = 3600.0
+"""At most this often a pass also collects face objects no record lists (left by crashes): it
+reads every record, and orphans only cost space, so once an hour is plenty."""
+
 
 @dataclass(frozen=True)
 class ReconcileReport:
@@ -38,13 +42,15 @@ class ReconcileReport:
     """Changes the emitter ignored or rejected (junk names, invalid keys)."""
     known_rejected: int = 0
     """Photos not sent again: enroll already rejected this version of them."""
+    orphans_collected: int = 0
+    """Gallery objects no record lists, deleted by this pass's hourly sweep."""
     errors: int = 0
 
     def summary(self) -> str:
         return (
             f"{self.objects} photos, {self.enrolled} enrolled: emitted {self.created} created, "
             f"{self.deleted} deleted; {self.skipped} skipped, {self.known_rejected} known "
-            f"rejected, {self.errors} errors"
+            f"rejected, {self.errors} errors, {self.orphans_collected} orphans collected"
         )
 
 
@@ -62,6 +68,7 @@ class Reconciler:
         self.gallery = gallery
         self.emitter = emitter
         self.rejected = rejected if rejected is not None else RejectedVersions()
+        self._next_sweep = 0.0
 
     def run_once(self) -> ReconcileReport:
         """Emit the changes that bring the gallery in line with the bucket; never raises for
@@ -76,9 +83,24 @@ class Reconciler:
         fresh = [o for o in objects if (o.key, o.etag) not in self.rejected]
         changes = plan(fresh, enrolled, self.emitter.bucket, present=objects)
         report = self._emit(changes, len(objects), enrolled)
-        report = dataclasses.replace(report, known_rejected=len(objects) - len(fresh))
+        report = dataclasses.replace(
+            report,
+            known_rejected=len(objects) - len(fresh),
+            orphans_collected=self._sweep_orphans(),
+        )
         log.info("reconcile pass: %s (%.2f s)", report.summary(), time.monotonic() - started)
         return report
+
+    def _sweep_orphans(self) -> int:
+        """Collect crash leftovers when the hourly sweep is due; failures wait for the next."""
+        if time.monotonic() < self._next_sweep:
+            return 0
+        self._next_sweep = time.monotonic() + ORPHAN_SWEEP_S
+        try:
+            return self.gallery.collect_orphans()
+        except FacerankError as exc:
+            log.warning("orphan sweep skipped: %s", exc)
+            return 0
 
     def _emit(
         self, changes: list[Change], objects: int, enrolled: Mapping[str, str]
