@@ -130,7 +130,7 @@ def _enrollable_faces(
 ) -> Iterator[_DemoFace]:
     """Each face Haar finds in the sample photos whose crop it finds again, as
     ``demo-sample<N>-face<M>`` (M: rank by size in the photo, so names never shift)."""
-    cache_dir = settings.data_dir / "cache" / "npm"
+    cache_dir = settings.cache_dir / "npm"
     try:
         tarball = fetch_package(package.spec, package.integrity, cache_dir)
     except PackageUnavailableError as exc:

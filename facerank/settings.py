@@ -33,12 +33,23 @@ def default_data_dir() -> Path:
     return base / "facerank"
 
 
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/facerank`` (``~/.cache/facerank``): re-creatable downloads and exports."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "facerank"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Configuration shared by every facerank process. Field ``x`` is read from ``FACERANK_X``."""
 
     data_dir: Path = field(default_factory=default_data_dir)
     """Root of local state; the folder store keeps bucket ``faces`` in ``buckets/faces``."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    """Re-creatable files: npm tarballs (``npm/``) and converted or fetched models (``models/``).
+    Kept apart from ``data_dir`` so a fresh gallery reuses what setup downloaded once."""
 
     store: StoreKind = "folder"
     """``folder`` (embedded default) or ``s3`` (MinIO or any S3 endpoint)."""
@@ -137,8 +148,9 @@ class Settings:
             if raw is not None:
                 values[name] = _parse(name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"]).expanduser()
+        for name in ("data_dir", "cache_dir"):
+            if name in values:
+                values[name] = Path(values[name]).expanduser()
         settings = cls(**values)
         settings.validate()
         return settings

@@ -40,7 +40,7 @@ EXPECTED = [
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings.from_env({}, data_dir=tmp_path / "data")
+    return Settings.from_env({}, data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def package(
             archive.addfile(info, io.BytesIO(photo))
     data = buffer.getvalue()
     fake = NpmPackage(spec="@example/face-demo@0.0.1", integrity=sri(data))
-    cached = cache_path(fake.spec, fake.integrity, settings.data_dir / "cache" / "npm")
+    cached = cache_path(fake.spec, fake.integrity, settings.cache_dir / "npm")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(data)
     monkeypatch.setenv("PATH", "")
