@@ -51,6 +51,11 @@ class Settings:
     """Re-creatable files: npm tarballs (``npm/``) and converted or fetched models (``models/``).
     Kept apart from ``data_dir`` so a fresh gallery reuses what setup downloaded once."""
 
+    shared_dir: Path | None = None
+    """The volume training workers, re-embedding and the predictor share (an RWX PVC at
+    ``/shared`` in a cluster): training runs and promoted model exports. Default:
+    ``data_dir/shared``."""
+
     store: StoreKind = "folder"
     """``folder`` (embedded default) or ``s3`` (MinIO or any S3 endpoint)."""
 
@@ -124,6 +129,10 @@ class Settings:
 
     log_level: str = "INFO"
 
+    def __post_init__(self) -> None:
+        if self.shared_dir is None:
+            object.__setattr__(self, "shared_dir", self.data_dir / "shared")
+
     @property
     def buckets_dir(self) -> Path:
         """Root of the folder store; each bucket is a sub-folder."""
@@ -148,7 +157,7 @@ class Settings:
             if raw is not None:
                 values[name] = _parse(name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("data_dir", "cache_dir"):
+        for name in ("data_dir", "cache_dir", "shared_dir"):
             if name in values:
                 values[name] = Path(values[name]).expanduser()
         settings = cls(**values)
@@ -226,6 +235,6 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise ConfigError(f"{var} must be a number, not {raw!r}") from None
-    if type_name == "Path":
+    if type_name in ("Path", "Path | None"):
         return Path(raw)
     return raw
