@@ -128,6 +128,15 @@ class KeyConflictError(StoreError):
     code = "key_conflict"
 
 
+class PreconditionFailedError(StoreError):
+    """A conditional put found the object changed (or present, or absent) since it was read.
+
+    The caller lost a race with another writer: re-read and decide again, never overwrite.
+    """
+
+    code = "precondition_failed"
+
+
 class StoreUnavailableError(StoreError):
     """The store could not be reached or failed transiently; the same call may succeed later."""
 

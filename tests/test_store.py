@@ -32,6 +32,7 @@ from facerank.errors import (
     InvalidMetadataError,
     KeyConflictError,
     ObjectNotFoundError,
+    PreconditionFailedError,
     StoreError,
     StoreUnavailableError,
 )
@@ -148,6 +149,49 @@ def test_overwrite_replaces_data_and_metadata(store: ObjectStore, bucket: str) -
     assert got.data == b"newer"
     assert (got.info.etag, got.info.content_type) == (md5(b"newer"), "image/png")
     assert got.info.metadata == {"v": "2"}
+
+
+def test_if_match_puts_only_over_the_etag_read(store: ObjectStore, bucket: str) -> None:
+    read = store.put(bucket, "k", b"v1")
+    store.put(bucket, "k", b"v2", if_match=read.etag)
+    with pytest.raises(PreconditionFailedError):
+        store.put(bucket, "k", b"lost update", if_match=read.etag)
+    assert store.get(bucket, "k").data == b"v2"
+
+
+def test_if_match_on_an_absent_key_fails(store: ObjectStore, bucket: str) -> None:
+    with pytest.raises(PreconditionFailedError):
+        store.put(bucket, "gone", b"x", if_match=md5(b"x"))
+    assert not store.exists(bucket, "gone")
+
+
+def test_if_none_match_creates_once(store: ObjectStore, bucket: str) -> None:
+    store.put(bucket, "k", b"first", if_none_match=True)
+    with pytest.raises(PreconditionFailedError):
+        store.put(bucket, "k", b"second", if_none_match=True)
+    assert store.get(bucket, "k").data == b"first"
+
+
+def test_concurrent_read_modify_write_loses_no_update(store: ObjectStore, bucket: str) -> None:
+    """Eight writers each add their name to one list with If-Match and retry on conflict."""
+    store.put(bucket, "list", b"")
+
+    def append(name: str) -> None:
+        while True:
+            current = store.get(bucket, "list")
+            try:
+                store.put(
+                    bucket, "list", current.data + name.encode() + b",", if_match=current.info.etag
+                )
+                return
+            except PreconditionFailedError:
+                continue
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(append, [f"w{i}" for i in range(8)]))
+
+    names = store.get(bucket, "list").data.decode().rstrip(",").split(",")
+    assert sorted(names) == sorted(f"w{i}" for i in range(8))
 
 
 LISTED_KEYS = ["a-b", "a/b", "a/c/d", "a0", "b", "zoë/1.jpg", "é", "😀"]

@@ -63,8 +63,15 @@ class ObjectStore(Protocol):
         *,
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
     ) -> ObjectInfo:
         """Store ``data`` under ``key``, replacing any previous object as a whole.
+
+        Conditional writes, as S3's ``If-Match`` / ``If-None-Match: *``, are how read-modify-
+        write cycles avoid lost updates: ``if_match`` puts only while the object's ETag is
+        still that one, ``if_none_match`` only while no object exists; otherwise
+        PreconditionFailedError and nothing is written.
 
         Raises BucketNotFoundError when the bucket is missing: callers ensure it first.
         """

@@ -47,6 +47,7 @@ from facerank.errors import (
     BucketNotFoundError,
     KeyConflictError,
     ObjectNotFoundError,
+    PreconditionFailedError,
     StoreError,
     StoreUnavailableError,
 )
@@ -152,6 +153,8 @@ class FolderStore:
         *,
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
     ) -> ObjectInfo:
         clean_metadata = check_put(bucket, key, content_type, metadata)
         etag = _md5(data)
@@ -160,6 +163,8 @@ class FolderStore:
             return _Sidecar(etag, content_type, clean_metadata, _fingerprint(st))
 
         with _os_errors(bucket, key), self._lock(bucket, key, exclusive=True):
+            if if_match is not None or if_none_match:
+                self._check_precondition(bucket, key, if_match, if_none_match)
             st = self._write_object(bucket, key, data, describe)
         return _info(bucket, key, st, describe(st))
 
@@ -232,6 +237,21 @@ class FolderStore:
                     f"cannot put {shown(key)} in bucket {shown(bucket)}: a file (or symbolic "
                     "link) sits where one of its folders must be, or a folder sits at the key"
                 ) from None
+
+    def _check_precondition(
+        self, bucket: str, key: str, if_match: str | None, if_none_match: bool
+    ) -> None:
+        """Compare the object's current ETag with the caller's; the write lock must be held."""
+        current: str | None = None
+        with suppress(ObjectNotFoundError), self._open_object(bucket, key) as (file, st):
+            sidecar = self._read_sidecar(bucket, key, st)
+            current = sidecar.etag if sidecar is not None else _md5_file(file)
+        if if_none_match and current is not None:
+            raise PreconditionFailedError(f"{shown(key)} in bucket {shown(bucket)} exists")
+        if if_match is not None and current != if_match:
+            raise PreconditionFailedError(
+                f"{shown(key)} in bucket {shown(bucket)} changed since it was read"
+            )
 
     def _write_sidecar(self, bucket: str, key: str, sidecar: _Sidecar) -> None:
         path = self._sidecar_path(bucket, key)

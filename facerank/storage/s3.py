@@ -9,7 +9,6 @@ any broker timeout.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,9 +18,15 @@ from urllib.parse import urlsplit
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
-from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
+from minio.helpers import MAX_PART_SIZE
 
-from facerank.errors import ConfigError, ObjectNotFoundError, StoreError, StoreUnavailableError
+from facerank.errors import (
+    ConfigError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from facerank.storage.base import ObjectInfo, StoredObject, bucket_not_found, object_not_found
 from facerank.storage.keys import (
     DEFAULT_CONTENT_TYPE,
@@ -39,6 +44,7 @@ _READ_TIMEOUT_S = 30.0
 _RETRIES = 2
 _RETRY_STATUSES = (500, 502, 503, 504)
 _TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
 class S3Store:
@@ -86,20 +92,25 @@ class S3Store:
         *,
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
     ) -> ObjectInfo:
         clean_metadata = check_put(bucket, key, content_type, metadata)
-        with self._errors(bucket, key):
-            result = self._client.put_object(
-                bucket,
-                key,
-                io.BytesIO(data),
-                len(data),
-                content_type=content_type,
-                # Prefixed here: minio sends un-prefixed names such as "content-type" or
-                # "x-amz-acl" as real headers, not as metadata.
-                metadata={_META_PREFIX + name: value for name, value in clean_metadata.items()},
-                part_size=_single_part_size(len(data)),
+        if len(data) > MAX_PART_SIZE:
+            raise StoreError(
+                f"{shown(key)}: objects above 5 GiB need multipart, which facerank never uses"
             )
+        headers = {"Content-Type": content_type}
+        headers.update({_META_PREFIX + name: value for name, value in clean_metadata.items()})
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        if if_none_match:
+            headers["If-None-Match"] = "*"
+        with _absent_is_changed(if_match is not None), self._errors(bucket, key):
+            # One PutObject request with exactly these headers: single-part keeps the ETag an
+            # MD5, and minio's public put_object can send neither If-Match nor If-None-Match
+            # (it files unknown names under x-amz-meta-).
+            result = self._client._put_object(bucket, key, data, headers)
         return ObjectInfo(
             bucket=bucket,
             key=key,
@@ -220,16 +231,20 @@ def _http_client() -> urllib3.PoolManager:
     )
 
 
-def _single_part_size(size: int) -> int:
-    """A part size that uploads ``size`` bytes in one PUT (up to S3's 5 GiB limit).
-
-    One part keeps the ETag the MD5 of the content, as on the folder store; minio would
-    otherwise switch to multipart, whose ETag is not an MD5, above 5 MiB.
-    """
-    return min(max(size, MIN_PART_SIZE), MAX_PART_SIZE)
+@contextmanager
+def _absent_is_changed(conditional: bool) -> Iterator[None]:
+    """An ``If-Match`` put of a key that is gone lost its race just as a changed one did."""
+    try:
+        yield
+    except ObjectNotFoundError as exc:
+        if not conditional:
+            raise
+        raise PreconditionFailedError(str(exc)) from exc
 
 
 def _from_s3_error(exc: S3Error, bucket: str, key: str | None, where: str) -> StoreError:
+    if exc.code in _PRECONDITION_CODES:
+        return PreconditionFailedError(f"{where} changed since it was read: {exc.code}")
     if exc.code == "NoSuchKey" and key is not None:
         return object_not_found(bucket, key)
     if exc.code == "NoSuchBucket":
