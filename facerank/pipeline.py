@@ -17,11 +17,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from facerank.embedding import Embedder, load_embedder
+from facerank.embedding import Embedder
 from facerank.errors import InvalidImageError
 from facerank.faces import AlignedFace, AlignMode, Detection, FaceDetector, HaarFaceDetector
 from facerank.faces.align import align_face
 from facerank.imaging import DecodedImage, decode_image, read_image_file
+from facerank.registry.locate import default_model, load_model
 from facerank.settings import Settings
 
 T = TypeVar("T")
@@ -69,10 +70,14 @@ class FacePipeline:
         self._limits = dict(limits or {})
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FacePipeline:
+    def from_settings(cls, settings: Settings, embedder: Embedder | None = None) -> FacePipeline:
+        """The pipeline ``settings`` describe, embedding with ``embedder`` if given, else with
+        the model ``FACERANK_MODEL`` names (``auto``: the pretrained one when set up)."""
+        if embedder is None:
+            embedder = load_model(default_model(settings), settings)
         return cls(
             detector_from_settings(settings),
-            load_embedder(settings.model),
+            embedder,
             align_mode=settings.align,
             limits=image_limits(settings),
         )

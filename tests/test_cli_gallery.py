@@ -96,7 +96,7 @@ def enroll(gallery: Gallery, key: str) -> None:
         faces=(EnrolledFace(face_id("faces", key, "e", 0), (0, 0, 50, 50), 0.99, "eyes"),),
     )
     crop = np.zeros((256, 256, 3), np.uint8)
-    gallery.enroll(record, [crop], np.ones((1, 8), np.float32) / np.sqrt(8), "lbp-v0")
+    gallery.enroll(record, [crop], {"lbp-v0": np.ones((1, 8), np.float32) / np.sqrt(8)})
 
 
 def test_gallery_ls_and_rm(

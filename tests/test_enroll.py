@@ -23,11 +23,10 @@ from facerank.events import (
     object_event,
 )
 from facerank.gallery import Gallery
-from facerank.pipeline import FacePipeline
 from facerank.settings import Settings
 from facerank.storage import ObjectStore, S3Store
 from functions.enroll.app import create_app
-from functions.enroll.handler import EnrollHandler
+from functions.enroll.handler import build_handler
 from tests.plugins.faces import encode
 from tests.plugins.http import serving
 
@@ -70,11 +69,10 @@ def reply_of(response: requests.Response) -> CloudEvent:
 def make_service(store: ObjectStore, tmp_path: Path, **settings: Any) -> Iterator[EnrollService]:
     config = Settings(data_dir=tmp_path, **settings)
     store.ensure_bucket("faces")
-    gallery = Gallery(store, "gallery")
-    gallery.ensure()
-    handler = EnrollHandler(config, store, gallery, FacePipeline.from_settings(config))
+    handler = build_handler(config, store)
+    handler.gallery.ensure()
     with serving(create_app(handler)) as url:
-        yield EnrollService(url, store, gallery)
+        yield EnrollService(url, store, handler.gallery)
 
 
 @pytest.fixture
@@ -241,9 +239,7 @@ def test_other_event_types_and_buckets_are_acknowledged_and_ignored(service: Enr
 def test_store_outage_answers_503_so_the_broker_retries(tmp_path: Path) -> None:
     dead = S3Store("http://127.0.0.1:9", "facerank-test", "facerank-test-secret")
     config = Settings(data_dir=tmp_path)
-    handler = EnrollHandler(
-        config, dead, Gallery(dead, "gallery"), FacePipeline.from_settings(config)
-    )
+    handler = build_handler(config, dead)
     with serving(create_app(handler)) as url:
         event = object_event("created", SOURCE, ObjectChangeData("faces", "eileen/1.jpg", etag="x"))
         headers, body = to_binary(event)

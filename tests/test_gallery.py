@@ -45,7 +45,7 @@ def enroll(
     crops = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(faces)]
     vectors = rng.normal(size=(faces, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return gallery.enroll(make_record(key, etag, faces), crops, vectors, VERSION)
+    return gallery.enroll(make_record(key, etag, faces), crops, {VERSION: vectors})
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_faces_without_a_record_are_invisible_then_collected(gallery: Gallery) -
 
 def test_enroll_refuses_mismatched_inputs(gallery: Gallery) -> None:
     with pytest.raises(ValueError, match="same faces"):
-        gallery.enroll(make_record("alice/1.jpg", faces=2), [], np.zeros((0, 8)), VERSION)
+        gallery.enroll(make_record("alice/1.jpg", faces=2), [], {VERSION: np.zeros((0, 8))})
 
 
 @pytest.mark.parametrize(

@@ -24,12 +24,10 @@ from kserve import InferInput, InferRequest
 from kserve.inference_client import InferenceRESTClient, RESTConfig
 
 from facerank.events import ObjectChangeData, object_event
-from facerank.gallery import Gallery
-from facerank.pipeline import FacePipeline
 from facerank.settings import Settings
 from facerank.storage import FolderStore
 from facerank.supervisor import Component, Supervisor
-from functions.enroll.handler import EnrollHandler
+from functions.enroll.handler import build_handler
 from inference.search import DEFAULT_MATCH_THRESHOLD
 from tests.plugins.faces import encode, variant
 from tests.plugins.http import free_port
@@ -65,11 +63,8 @@ class Enroller:
     def __init__(self, settings: Settings) -> None:
         self.store = FolderStore(settings.buckets_dir)
         self.store.ensure_bucket(settings.faces_bucket)
-        gallery = Gallery(self.store, settings.gallery_bucket)
-        gallery.ensure()
-        self.handler = EnrollHandler(
-            settings, self.store, gallery, FacePipeline.from_settings(settings)
-        )
+        self.handler = build_handler(settings, self.store)
+        self.handler.gallery.ensure()
 
     def add(self, key: str, photo: np.ndarray) -> None:
         etag = self.store.put("faces", key, encode(photo, "JPEG", quality=92)).etag

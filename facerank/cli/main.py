@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from facerank import __version__
-from facerank.cli import detect, embed, gallery, query, up, upload
+from facerank.cli import detect, embed, gallery, models, query, up, upload
 from facerank.errors import FacerankError
 from facerank.settings import Settings
 
-COMMANDS = (up, query, detect, embed, upload, gallery)
+COMMANDS = (up, query, detect, embed, upload, gallery, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -82,28 +82,52 @@ class Gallery:
         self,
         record: SourceRecord,
         crops: Sequence[np.ndarray],
-        vectors: np.ndarray,
-        model_version: str,
+        embeddings: Mapping[str, np.ndarray],
     ) -> SourceRecord:
-        """Store ``record``'s faces (crops + embeddings), then commit the record.
+        """Store ``record``'s faces (crops + embeddings by model version), then commit it.
 
         Replaces what an earlier version of the same photo enrolled: the new record takes its
         place in one write, then faces only the old record listed are removed. Idempotent: the
         same record again rewrites identical objects.
         """
-        validate_model_version(model_version)
-        if not len(crops) == len(vectors) == len(record.faces):
-            raise ValueError("record, crops and vectors must describe the same faces")
+        if not embeddings:
+            raise ValueError("at least one model version's embeddings are needed")
+        for version, vectors in embeddings.items():
+            validate_model_version(version)
+            if not len(crops) == len(vectors) == len(record.faces):
+                raise ValueError("record, crops and vectors must describe the same faces")
         previous = self.record(record.bucket, record.key)
-        for face, crop, vector in zip(record.faces, crops, vectors, strict=True):
+        for i, (face, crop) in enumerate(zip(record.faces, crops, strict=True)):
             self._put_crop(face.face_id, crop)
-            self._put_embedding(face.face_id, model_version, vector)
-        committed = record.with_model_version(model_version)
+            for version, vectors in embeddings.items():
+                self._put_embedding(face.face_id, version, vectors[i])
+        committed = record
+        for version in embeddings:
+            committed = committed.with_model_version(version)
         self._put_record(committed)
         if previous is not None:
             kept = {f.face_id for f in committed.faces}
             self._delete_faces(f.face_id for f in previous.faces if f.face_id not in kept)
         return committed
+
+    def add_model_version(
+        self, stored: StoredRecord, model_version: str, vectors: np.ndarray
+    ) -> SourceRecord:
+        """Add ``model_version``'s embeddings of a record's faces, as read at ``stored.etag``.
+
+        The record is rewritten only if it is still the one read (a conditional put), so a
+        re-embedding never reverts a concurrent re-enrollment or resurrects a removal: it
+        raises PreconditionFailedError and the caller reads again. Idempotent.
+        """
+        validate_model_version(model_version)
+        record = stored.record
+        if record is None or len(vectors) != len(record.faces):
+            raise ValueError("one vector per face of a readable record is needed")
+        for face, vector in zip(record.faces, vectors, strict=True):
+            self._put_embedding(face.face_id, model_version, vector)
+        updated = record.with_model_version(model_version)
+        self._put_record(updated, if_match=stored.etag)
+        return updated
 
     def remove_source(self, bucket: str, key: str) -> SourceRecord | None:
         """Un-enroll everything one source photo contributed; the removed record, if any."""
@@ -139,7 +163,7 @@ class Gallery:
             identity = identity_from_key(key)
         except InvalidIdentityError:
             return None
-        return self._read_record(_record_key(identity, source_id(bucket, key)))
+        return self._read_record(record_key(identity, source_id(bucket, key)))
 
     def records(self, identity: str | None = None) -> Iterator[SourceRecord]:
         """Every record, or those of one identity, in key order."""
@@ -213,7 +237,7 @@ class Gallery:
     # --- internals --------------------------------------------------------------------------
 
     def _remove(self, record: SourceRecord) -> None:
-        self.store.delete(self.bucket, _record_key(record.identity, record.source_id))
+        self.store.delete(self.bucket, record_key(record.identity, record.source_id))
         self._delete_faces(f.face_id for f in record.faces)
 
     def _delete_faces(self, faces: Iterable[str]) -> None:
@@ -240,13 +264,14 @@ class Gallery:
             metadata={"model-version": model_version, "dim": str(len(vector))},
         )
 
-    def _put_record(self, record: SourceRecord) -> None:
+    def _put_record(self, record: SourceRecord, *, if_match: str | None = None) -> None:
         body = json.dumps(record.to_json(), ensure_ascii=False, indent=1).encode("utf-8")
         self.store.put(
             self.bucket,
-            _record_key(record.identity, record.source_id),
+            record_key(record.identity, record.source_id),
             body,
             content_type="application/json",
+            if_match=if_match,
         )
 
     def _read_record(self, key: str) -> SourceRecord | None:
@@ -254,7 +279,7 @@ class Gallery:
         return None if stored is None else stored.record
 
 
-def _record_key(identity: str, source: str) -> str:
+def record_key(identity: str, source: str) -> str:
     return f"{RECORDS}{identity}/{source}.json"
 
 

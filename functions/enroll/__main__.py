@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from facerank.gallery import Gallery
-from facerank.pipeline import FacePipeline
 from facerank.serving import listen_host, listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from functions.enroll.app import create_app
-from functions.enroll.handler import EnrollHandler
+from functions.enroll.handler import build_handler
 
 
 def main() -> None:
@@ -18,14 +16,12 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s enroll %(levelname)s %(message)s"
     )
-    store = open_store(settings)
-    gallery = Gallery(store, settings.gallery_bucket)
-    gallery.ensure()
-    pipeline = FacePipeline.from_settings(settings)
+    handler = build_handler(settings, open_store(settings))
+    handler.gallery.ensure()
+    pointer, _ = handler.models.current()  # load the model now, not on the first event
     logging.getLogger(__name__).info(
-        "enrolling from bucket %r with model %s", settings.faces_bucket, pipeline.model_version
+        "enrolling from bucket %r with model %s", settings.faces_bucket, pointer.active.version
     )
-    handler = EnrollHandler(settings, store, gallery, pipeline)
     serve(
         create_app(handler),
         host=listen_host(),

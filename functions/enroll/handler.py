@@ -9,13 +9,16 @@ harmless:
   newer state does the work, or reconcile does;
 * a stale deletion (the key exists again) is skipped for the same reason.
 
-The model version is read from the embedder on every enrollment, so a record always names the
-version its embeddings were made with.
+Every enrollment embeds with each version the model pointer serves: the active one, and the
+one being prepared during a model switch. The pointer is read again after the commit, so a
+face enrolled while a switch began still gets the new version (see
+:mod:`facerank.registry.switch`): no face is lost by a switch.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,6 +27,7 @@ import numpy as np
 from cloudevents.http import CloudEvent
 
 from facerank.cehttp import json_data
+from facerank.embedding import Embedder
 from facerank.errors import (
     FaceTooSmallError,
     InvalidEventError,
@@ -46,7 +50,10 @@ from facerank.events import (
 from facerank.faces import HaarFaceDetector
 from facerank.faces.align import GALLERY_CROP_256, align_face
 from facerank.gallery import EnrolledFace, Gallery, SourceRecord, face_id, identity_from_key
-from facerank.pipeline import Face, FacePipeline
+from facerank.gallery.gallery import record_key
+from facerank.pipeline import Face, FacePipeline, detector_from_settings, image_limits
+from facerank.registry import ActivePointer, ModelRegistry, ServingModels
+from facerank.reindex import add_version, embed_crops
 from facerank.settings import EnrollFaces, Settings
 from facerank.storage import ObjectStore, StoredObject
 from facerank.storage.keys import check_key
@@ -58,6 +65,9 @@ SMALLEST_DETECTABLE = 24
 """Haar's window: faces below this cannot be seen at all, so none can be "too small"."""
 
 Verdict = Literal["enrolled", "rejected", "removed", "skipped"]
+
+COMPLETION_ATTEMPTS = 5
+"""Rounds of adding missing model versions to one record before leaving it to re-indexing."""
 
 REJECTIONS = (InvalidImageError, NoFaceError)
 """Errors that are the photo's fault: answered with a rejection, never retried."""
@@ -75,12 +85,17 @@ class EnrollHandler:
     """Applies object.created / object.deleted events of the faces bucket to the gallery."""
 
     def __init__(
-        self, settings: Settings, store: ObjectStore, gallery: Gallery, pipeline: FacePipeline
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        gallery: Gallery,
+        models: ServingModels,
     ) -> None:
         self.settings = settings
         self.store = store
         self.gallery = gallery
-        self.pipeline = pipeline
+        self.models = models
+        self.detector = detector_from_settings(settings)
         self._small_face_probe = HaarFaceDetector(
             min_face_size=SMALLEST_DETECTABLE,
             max_faces=1,
@@ -124,12 +139,19 @@ class EnrollHandler:
         etag = stored.info.etag
         if data.etag and data.etag != etag:
             return Outcome("skipped", f"stale: the object is now version {etag}")
+        pointer, embedders = self.models.current()
         existing = self.gallery.record(data.bucket, data.key)
-        version = self.pipeline.model_version
-        if existing and existing.etag == etag and version in existing.model_versions:
-            return self._enrolled(event, existing, "already enrolled")
+        if existing and existing.etag == etag:
+            self._complete_versions(data)
+            return self._enrolled(event, existing, pointer, "already enrolled")
+        pipeline = FacePipeline(
+            self.detector,
+            embedders[pointer.active.version],
+            align_mode=self.settings.align,
+            limits=image_limits(self.settings),
+        )
         try:
-            record, crops, vectors = self._analyze(identity, stored)
+            record, crops, embeddings = self._analyze(pipeline, identity, stored, embedders)
         except REJECTIONS as exc:
             # The photo at this key is no longer usable: whatever an older version of it
             # enrolled must go too, or the gallery would describe a photo that is gone.
@@ -137,23 +159,60 @@ class EnrollHandler:
             return self._reject(event, {**where, "etag": etag}, exc.code, str(exc))
         if self._changed_since(data, etag):
             return Outcome("skipped", "stale: the object changed during enrollment")
-        committed = self.gallery.enroll(record, crops, vectors, version)
-        return self._enrolled(event, committed, f"{len(committed.faces)} face(s)")
+        committed = self.gallery.enroll(record, crops, embeddings)
+        self._complete_versions(data)
+        return self._enrolled(event, committed, pointer, f"{len(committed.faces)} face(s)")
+
+    def _complete_versions(self, data: ObjectChangeData) -> None:
+        """Add every served version the photo's record lacks (a switch began meanwhile).
+
+        Read-check-add until the record holds them all, or is gone: its conditional write
+        loses to a concurrent re-enrollment, which then does this itself. A record that keeps
+        failing (a crop lost) is left to the re-indexer's passes and reconcile.
+        """
+        _, embedders = self.models.current()
+        for _ in range(COMPLETION_ATTEMPTS):
+            record = self.gallery.record(data.bucket, data.key)
+            if record is None:
+                return
+            missing = [v for v in embedders if v not in record.model_versions]
+            if not missing:
+                return
+            stored = self.gallery.read_record(record_key(record.identity, record.source_id))
+            if stored is None:
+                return
+            for version in missing:
+                if not add_version(self.gallery, stored, embedders[version]):
+                    break
+                stored = self.gallery.read_record(stored.key) or stored
+        log.warning("%s/%s still lacks a served model version", data.bucket, data.key)
 
     def _analyze(
-        self, identity: str, stored: StoredObject
-    ) -> tuple[SourceRecord, list[np.ndarray], np.ndarray]:
+        self,
+        pipeline: FacePipeline,
+        identity: str,
+        stored: StoredObject,
+        embedders: Mapping[str, Embedder],
+    ) -> tuple[SourceRecord, list[np.ndarray], dict[str, np.ndarray]]:
+        """Faces of the photo: their crops, and embeddings by every served version (the
+        active one from chips aligned on the photo, others from the crops, as re-embedding
+        does)."""
         info = stored.info
-        pixels = self.pipeline.decode(stored.data).pixels
-        faces = self.pipeline.analyze(pixels).faces
+        pixels = pipeline.decode(stored.data).pixels
+        faces = pipeline.analyze(pixels).faces
         if not faces:
             raise self._why_no_face(pixels)
         chosen = select_faces(faces, self.settings.enroll_faces)
-        vectors = self.pipeline.embed(chosen)
         crops = [
-            align_face(pixels, f.detection, GALLERY_CROP_256, self.pipeline.align_mode).chip
+            align_face(pixels, f.detection, GALLERY_CROP_256, pipeline.align_mode).chip
             for f in chosen
         ]
+        embeddings = {
+            version: pipeline.embed(chosen)
+            if embedder is pipeline.embedder
+            else embed_crops(embedder, crops)
+            for version, embedder in embedders.items()
+        }
         record = SourceRecord(
             identity=identity,
             bucket=info.bucket,
@@ -171,7 +230,7 @@ class EnrollHandler:
                 for i, f in enumerate(chosen)
             ),
         )
-        return record, crops, vectors
+        return record, crops, embeddings
 
     def _why_no_face(self, pixels: np.ndarray) -> NoFaceError:
         """Tell "no face at all" from "faces, but all below the minimum size"."""
@@ -215,13 +274,16 @@ class EnrollHandler:
 
     # --- replies ----------------------------------------------------------------------------
 
-    def _enrolled(self, event: CloudEvent, record: SourceRecord, reason: str) -> Outcome:
+    def _enrolled(
+        self, event: CloudEvent, record: SourceRecord, pointer: ActivePointer, reason: str
+    ) -> Outcome:
         data = {
             "identity": record.identity,
             "bucket": record.bucket,
             "key": record.key,
             "etag": record.etag,
-            "model_version": self.pipeline.model_version,
+            "model_version": pointer.active.version,
+            "model_versions": list(record.model_versions),
             "faces_seen": record.faces_seen,
             "faces": [f.to_json() for f in record.faces],
         }
@@ -234,6 +296,13 @@ class EnrollHandler:
         return Outcome(
             "rejected", code, reply_event(FACE_REJECTED, event, data, source=REPLY_SOURCE)
         )
+
+
+def build_handler(settings: Settings, store: ObjectStore) -> EnrollHandler:
+    """The handler ``settings`` describe: their gallery, following their models bucket."""
+    gallery = Gallery(store, settings.gallery_bucket)
+    models = ServingModels(ModelRegistry(store, settings.models_bucket), settings)
+    return EnrollHandler(settings, store, gallery, models)
 
 
 def select_faces(faces: list[Face], policy: EnrollFaces) -> list[Face]:

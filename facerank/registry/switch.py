@@ -1,0 +1,44 @@
+"""Switching the deployment to another model version without ever mixing two in one query.
+
+The order is the whole point: (1) name the version pending, so every enrollment from now on
+embeds with it too; (2) re-embed the faces enrolled before, until a pass finds none missing;
+(3) only then make it active, in one conditional write. Predictors watch the pointer and load
+the new model together with that version's gallery, which is complete by then.
+
+A crash anywhere leaves the old version active (and, at worst, the new one pending, which a
+re-run resumes: every step is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from facerank.embedding import Embedder
+from facerank.gallery import Gallery
+from facerank.registry.pointer import ModelRef
+from facerank.registry.registry import ModelRegistry
+from facerank.reindex import Progress, ReindexResult, reindex
+
+log = logging.getLogger(__name__)
+
+
+def switch_model(
+    registry: ModelRegistry,
+    gallery: Gallery,
+    ref: ModelRef,
+    embedder: Embedder,
+    *,
+    reason: str,
+    progress: Progress | None = None,
+) -> ReindexResult:
+    """Make ``ref`` (loaded as ``embedder``) the active model once the gallery holds it."""
+    if embedder.model_version != ref.version:
+        raise ValueError(f"embedder {embedder.model_version} is not {ref.version}")
+    registry.begin_switch(ref)
+    log.info("switching to %s (%s): re-embedding the gallery", ref.version, reason)
+    result = reindex(gallery, embedder, progress=progress)
+    registry.complete_switch(ref.version, reason)
+    log.info(
+        "%s is active: %d record(s), %d re-embedded", ref.version, result.records, result.embedded
+    )
+    return result
