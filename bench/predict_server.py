@@ -29,7 +29,8 @@ from facerank.faces.align import ChipSpec
 from facerank.pipeline import FacePipeline, detector_from_settings, image_limits
 from facerank.settings import Settings
 from facerank.storage import FolderStore
-from inference.model import FacerankModel, ServingPair
+from inference.follower import ServingPair
+from inference.model import FacerankModel
 from inference.search import DEFAULT_MATCH_THRESHOLD, GalleryIndex, Match
 from inference.snapshot import GallerySnapshot
 

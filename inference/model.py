@@ -15,9 +15,10 @@ so decoding, detection and embedding (CPU, tens of ms) would stall health checks
 other request; an ``async`` predict hands it to the loop's default thread pool, which KServe
 sizes (``--max_asyncio_workers``).
 
-Why a :class:`ServingPair`: embeddings are only comparable within one model version, so the
-pipeline and the gallery snapshot it is ranked against travel as one object, replaced by one
-assignment. A request reads it once and uses that pair throughout.
+Why a :class:`~inference.follower.ServingPair`: embeddings are only comparable within one model
+version, so the pipeline and the gallery it ranks against travel as one object, replaced by one
+assignment when the gallery or the active model changes. A request reads it once and uses that
+pair throughout.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from facerank.errors import ImageTooLargeError, InvalidImageError
 from facerank.faces.detect import Box
 from facerank.gallery import Gallery
 from facerank.pipeline import FacePipeline
+from facerank.registry import ModelRegistry, ServingModels
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
+from inference.follower import ServingFollower, ServingPair
 from inference.search import DEFAULT_MATCH_THRESHOLD, Match, search
-from inference.snapshot import DEFAULT_REFRESH_S, GalleryRefresher, GallerySnapshot
 
 MODEL_NAME = "facerank"
 DEFAULT_TOP_K = 3
@@ -72,25 +74,6 @@ MODEL_INFO = Gauge("facerank_model_info", "1 for the model version being served"
 
 
 @dataclass(frozen=True)
-class ServingPair:
-    """A pipeline and a gallery snapshot embedded by the same model version."""
-
-    pipeline: FacePipeline
-    snapshot: GallerySnapshot
-
-    def __post_init__(self) -> None:
-        if self.pipeline.model_version != self.snapshot.model_version:
-            raise ValueError(
-                f"pipeline {self.pipeline.model_version} cannot rank a gallery of "
-                f"{self.snapshot.model_version}"
-            )
-
-    @property
-    def model_version(self) -> str:
-        return self.pipeline.model_version
-
-
-@dataclass(frozen=True)
 class Query:
     """One image to rank, as a client sent it."""
 
@@ -113,41 +96,35 @@ class FacerankModel(Model):
         settings: Settings,
         store: ObjectStore,
         *,
-        refresh_s: float = DEFAULT_REFRESH_S,
+        refresh_s: float = Settings.gallery_refresh_s,
         threshold: float = DEFAULT_MATCH_THRESHOLD,
     ) -> None:
         super().__init__(MODEL_NAME)
         self.settings = settings
-        self.gallery = Gallery(store, settings.gallery_bucket)
-        self.refresh_s = refresh_s
         self.threshold = threshold
         self.serving: ServingPair | None = None
-        self._refresher: GalleryRefresher | None = None
+        self._follower = ServingFollower(
+            Gallery(store, settings.gallery_bucket),
+            ServingModels(ModelRegistry(store, settings.models_bucket), settings),
+            lambda embedder: FacePipeline.from_settings(settings, embedder),
+            self._serve,
+            interval=refresh_s,
+        )
 
     # --- lifecycle (KServe calls load, then start on registration, stop on shutdown) --------
 
     def load(self) -> bool:
-        """Build the pipeline and the first snapshot of its version; only then ready."""
-        pipeline = FacePipeline.from_settings(self.settings)
-        refresher = GalleryRefresher(
-            self.gallery,
-            pipeline.model_version,
-            lambda snapshot: self._serve(ServingPair(pipeline, snapshot)),
-            interval=self.refresh_s,
-        )
-        refresher.refresh()
-        self._refresher = refresher
-        self.ready = True
+        """Load the active model and its whole gallery; only then ready."""
+        self._follower.poll()
+        self.ready = self.serving is not None
         return self.ready
 
     def start(self) -> None:
-        """Keep the gallery current. (KServe's default ``start`` would mark us ready.)"""
-        if self._refresher is not None:
-            self._refresher.start()
+        """Follow the gallery and the model pointer. (KServe's default would mark us ready.)"""
+        self._follower.start()
 
     def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.stop()
+        self._follower.stop()
         self.ready = False
 
     def _serve(self, pair: ServingPair) -> None:

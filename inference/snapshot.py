@@ -1,4 +1,4 @@
-"""Immutable gallery snapshots of one model version, kept current by polling the store.
+"""Immutable gallery snapshots of one model version, built incrementally by polling the store.
 
 Why polling: the gallery's truth is its commit records in the object store, written by the
 enroll function in another process (or pod). Listing the records prefix is one cheap call on
@@ -15,21 +15,15 @@ assignment; no request ever sees half an update and none waits for a lock.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from facerank.errors import BucketNotFoundError, ObjectNotFoundError
 from facerank.gallery import Gallery
-from facerank.settings import Settings
 from inference.search import GalleryIndex
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REFRESH_S = Settings.gallery_refresh_s
-"""Seconds between polls of the records prefix (``FACERANK_GALLERY_REFRESH_S``)."""
 
 
 @dataclass(frozen=True)
@@ -74,39 +68,25 @@ class _RecordFaces:
 
 
 class GalleryRefresher:
-    """Builds snapshots of ``gallery`` for one model version and publishes each new one.
+    """Builds snapshots of ``gallery`` for one model version, re-reading only what changed.
 
-    :meth:`refresh` does one poll (the first one loads everything); :meth:`start` repeats it
-    every ``interval`` seconds in a daemon thread until :meth:`stop`. ``publish`` receives every
-    snapshot that differs from the previous one; it must be cheap (an assignment).
+    Each :meth:`refresh` is one poll (the first loads everything); whoever polls decides when
+    (:class:`inference.follower.ServingFollower` does, on its timer).
     """
 
-    def __init__(
-        self,
-        gallery: Gallery,
-        model_version: str,
-        publish: Callable[[GallerySnapshot], None],
-        *,
-        interval: float = DEFAULT_REFRESH_S,
-    ) -> None:
-        if interval <= 0:
-            raise ValueError(f"refresh interval must be positive, got {interval}")
+    def __init__(self, gallery: Gallery, model_version: str) -> None:
         self.gallery = gallery
         self.model_version = model_version
-        self.interval = interval
-        self._publish = publish
         self._records: dict[str, _RecordFaces] = {}
-        self._published = False
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._polled = False
 
-    def refresh(self) -> bool:
-        """Poll once; True when the gallery changed. The first poll always publishes.
+    def refresh(self) -> GallerySnapshot | None:
+        """Poll once: a new snapshot if the gallery changed (always on the first poll).
 
         Store failures propagate: the caller decides whether to keep the previous snapshot.
         """
         listed = self._list_records()
-        changed = False
+        changed = not self._polled
         for key in self._records.keys() - listed.keys():
             del self._records[key]
             changed = True
@@ -120,31 +100,8 @@ class GalleryRefresher:
             else:
                 self._records[key] = faces
                 changed = True
-        if changed or not self._published:
-            self._publish(self._snapshot())
-            self._published = True
-        return changed
-
-    def start(self) -> None:
-        """Poll in the background until :meth:`stop`; a failing poll keeps the last snapshot."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="gallery-refresh", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
-            try:
-                self.refresh()
-            except Exception:
-                # Whatever broke (store outage, a bug), serving the previous snapshot beats
-                # a dead refresher: log it and try again on the next tick.
-                log.exception("gallery refresh failed; keeping the previous snapshot")
+        self._polled = True
+        return self._snapshot() if changed else None
 
     def _list_records(self) -> dict[str, str]:
         try:

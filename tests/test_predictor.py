@@ -23,12 +23,10 @@ import requests
 from kserve import InferInput, InferRequest
 from kserve.inference_client import InferenceRESTClient, RESTConfig
 
-from facerank.events import ObjectChangeData, object_event
 from facerank.settings import Settings
-from facerank.storage import FolderStore
 from facerank.supervisor import Component, Supervisor
-from functions.enroll.handler import build_handler
 from inference.search import DEFAULT_MATCH_THRESHOLD
+from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
 from tests.plugins.http import free_port
 
@@ -41,41 +39,12 @@ LFW_IDENTITIES = {"lfw-a": 0, "lfw-b": 1, "lfw-c": 2, "lfw-d": 3}
 LIVE_IDENTITY, LIVE_FACE = "late-comer", 5
 
 
-def lfw_photo(lfw_faces: np.ndarray, index: int) -> np.ndarray:
-    """A 25 px LFW face upscaled to a detectable size, on a grey 320 px canvas."""
-    big = cv2.resize(lfw_faces[index], (200, 200), interpolation=cv2.INTER_CUBIC)
-    canvas = np.full((320, 320), 128, np.uint8)
-    canvas[60:260, 60:260] = big
-    return np.repeat(canvas[..., None], 3, axis=2)
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
 def v1_body(image: bytes, **fields: Any) -> dict[str, Any]:
     return {"instances": [{"image": {"b64": b64(image)}, **fields}]}
-
-
-class Enroller:
-    """Drives the real enroll handler: upload a photo, deliver its object event."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.store = FolderStore(settings.buckets_dir)
-        self.store.ensure_bucket(settings.faces_bucket)
-        self.handler = build_handler(settings, self.store)
-        self.handler.gallery.ensure()
-
-    def add(self, key: str, photo: np.ndarray) -> None:
-        etag = self.store.put("faces", key, encode(photo, "JPEG", quality=92)).etag
-        data = ObjectChangeData("faces", key, etag=etag)
-        outcome = self.handler.handle(object_event("created", "file:///test/faces", data))
-        assert outcome.verdict == "enrolled", outcome.reason
-
-    def remove(self, key: str) -> None:
-        self.store.delete("faces", key)
-        data = ObjectChangeData("faces", key)
-        self.handler.handle(object_event("deleted", "file:///test/faces", data))
 
 
 @dataclass
