@@ -1,0 +1,147 @@
+"""An atomic model + gallery switch on the real predictor, under concurrent queries.
+
+Four clients query ``python -m inference`` without pause while the gallery is re-embedded with
+a second model (a small exported SavedModel), a face is enrolled mid-switch, and the pointer
+moves. Every reply is checked against the store: each distance must be the one between the
+query's embedding by the reply's model version and the stored embedding of that version. A
+reply mixing versions (a new query embedding against the old gallery, or the reverse) would
+give other distances, or another dimension altogether.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from facerank.embedding import LbpEmbedder
+from facerank.embedding.savedmodel import SavedModelEmbedder
+from facerank.faces.align import ARCFACE_CHIP_112
+from facerank.pipeline import FacePipeline
+from facerank.registry import ModelRef
+from facerank.reindex import reindex
+from facerank.settings import Settings
+from facerank.supervisor import Component, Supervisor
+from tests.plugins.enroller import Enroller, lfw_photo
+from tests.plugins.faces import encode, variant
+from tests.plugins.http import free_port
+from tests.plugins.models import export_tiny_model
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("tensorflow")
+
+OLD, NEW = "lbp-v0", "tiny-v2"
+CLIENTS = 4
+ENROLLED_FIRST = {"astronaut", "lfw-0", "lfw-1", "lfw-2", "lfw-3"}
+
+
+class Clients:
+    """Threads posting the same V1 query until stopped; every reply kept, in order per thread."""
+
+    def __init__(self, url: str, image: bytes) -> None:
+        self.body = {
+            "instances": [{"image": {"b64": base64.b64encode(image).decode()}, "top_k": 10}]
+        }
+        self.url = f"{url}/v1/models/facerank:predict"
+        self.replies: dict[int, list[tuple[int, Any]]] = defaultdict(list)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CLIENTS)]
+
+    def __enter__(self) -> Clients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _run(self, i: int) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                response = session.post(self.url, json=self.body, timeout=60)
+                self.replies[i].append((response.status_code, response.json()))
+
+    def versions_seen(self) -> set[str]:
+        return {
+            body["predictions"][0]["model_version"]
+            for replies in list(self.replies.values())
+            for status, body in list(replies)
+            if status == 200
+        }
+
+    def wait_for(self, version: str, deadline_s: float) -> None:
+        deadline = time.monotonic() + deadline_s
+        while version not in self.versions_seen():
+            assert time.monotonic() < deadline, f"no reply from {version} before the deadline"
+            time.sleep(0.1)
+
+
+def test_switch_under_load_never_answers_from_a_mixed_state(
+    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
+) -> None:
+    settings = Settings(data_dir=tmp_path, model=OLD)
+    enroller = Enroller(settings)
+    enroller.add("astronaut/eileen.jpg", astronaut)
+    for i in range(4):
+        enroller.add(f"lfw-{i}/1.jpg", lfw_photo(lfw_faces, i))
+    assert settings.shared_dir is not None
+    new_dir = settings.shared_dir / "models" / NEW
+    export_tiny_model(new_dir, version=NEW, chip=ARCFACE_CHIP_112)
+    new_model = SavedModelEmbedder(new_dir)
+    gallery, registry = enroller.handler.gallery, enroller.handler.models.registry
+
+    query = encode(variant(astronaut[:400, 60:460], np.random.default_rng(5)), "JPEG", quality=90)
+    local = {
+        OLD: FacePipeline.from_settings(settings, LbpEmbedder()),
+        NEW: FacePipeline.from_settings(settings, new_model),
+    }
+    query_vectors = {
+        version: pipeline.embed(pipeline.analyze(pipeline.decode(query).pixels).faces)[0]
+        for version, pipeline in local.items()
+    }
+
+    port = free_port()
+    env = {"FACERANK_DATA_DIR": str(tmp_path), "FACERANK_GALLERY_REFRESH_S": "0.2"}
+    predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
+    with Supervisor([predictor], env=env) as supervisor:
+        supervisor.start()
+        with Clients(predictor.url, query) as clients:
+            clients.wait_for(OLD, 30)
+            registry.begin_switch(ModelRef(NEW))
+            enroller.add("mid-switch/1.jpg", lfw_photo(lfw_faces, 5))
+            reindex(gallery, new_model)
+            registry.complete_switch(NEW, "test")
+            clients.wait_for(NEW, 60)
+            time.sleep(1.0)  # more replies from the new pair
+
+    checked = 0
+    for replies in clients.replies.values():
+        assert {status for status, _ in replies} == {200}
+        versions = [body["predictions"][0]["model_version"] for _, body in replies]
+        switched_at = versions.index(NEW) if NEW in versions else len(versions)
+        assert set(versions[:switched_at]) <= {OLD}
+        assert set(versions[switched_at:]) <= {NEW}
+        for _, body in replies:
+            prediction = body["predictions"][0]
+            version = prediction["model_version"]
+            [face] = prediction["faces"]
+            assert {m["identity"] for m in face["matches"]} >= ENROLLED_FIRST  # a whole gallery
+            for match in face["matches"]:
+                stored = gallery.embedding(match["face_id"], version)
+                expected = float(np.linalg.norm(query_vectors[version] - stored))
+                assert match["distance"] == pytest.approx(expected, abs=1e-4)
+                checked += 1
+    assert checked > 0
+    last = next(body for _, body in reversed(clients.replies[0]))
+    identities = {m["identity"] for m in last["predictions"][0]["faces"][0]["matches"]}
+    assert "mid-switch" in identities  # enrolled during the switch, not lost by it
+    assert OLD in clients.versions_seen()
