@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from facerank.gallery import EnrolledFace, Gallery, SourceRecord, face_id
+from facerank.registry import ModelRef, ModelRegistry
 from facerank.storage import FolderStore, ObjectStore, S3Store
 from tests.plugins.cli import run_facerank
 from tests.plugins.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY
@@ -109,6 +110,9 @@ def test_gallery_ls_and_rm(
     gallery.ensure()
     for key in keys(store, "faces"):
         enroll(gallery, key)
+    registry = ModelRegistry(store, "models")  # as the enroll function's first event does
+    registry.ensure()
+    registry.bootstrap(ModelRef("lbp-v0"))
 
     listing = json.loads(run_facerank("gallery", "ls", "--json", data_dir=data, env=env).stdout)
     assert listing == {

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from facerank.cli.output import emit_json
-from facerank.embedding import model_version_of
 from facerank.errors import InvalidIdentityError
 from facerank.gallery import Gallery, identity_from_key, normalise_identity
+from facerank.registry import ModelRegistry
 from facerank.settings import Settings
 from facerank.storage import ObjectStore, open_store
 
@@ -31,11 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_ls(args: argparse.Namespace, settings: Settings) -> int:
-    gallery = Gallery(open_store(settings), settings.gallery_bucket)
+    store = open_store(settings)
+    gallery = Gallery(store, settings.gallery_bucket)
     gallery.ensure()
     counts = gallery.identities()
     listing = {
-        "model_version": model_version_of(settings.model),
+        "model_version": ModelRegistry(store, settings.models_bucket).describe_active(),
         "identities": [{"identity": name, "faces": counts[name]} for name in sorted(counts)],
     }
     if args.json:

@@ -59,6 +59,15 @@ class ModelRegistry:
         found = self._read_pointer()
         return None if found is None else found[0]
 
+    def describe_active(self) -> str:
+        """The active version for people to read, with the pending one during a switch."""
+        pointer = self.pointer()
+        if pointer is None:
+            return "none yet (set on the first enrollment)"
+        if pointer.pending is None:
+            return pointer.active.version
+        return f"{pointer.active.version} (switching to {pointer.pending.version})"
+
     def bootstrap(self, default: ModelRef) -> ActivePointer:
         """The pointer, created with ``default`` active if there is none yet.
 

@@ -26,9 +26,9 @@ import cv2
 from flask import Flask, Request, Response, abort, jsonify, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from facerank.embedding import model_version_of
 from facerank.errors import BucketNotFoundError, InvalidIdentityError, ObjectNotFoundError
 from facerank.gallery import Gallery
+from facerank.registry import ModelRegistry
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
 
@@ -75,6 +75,7 @@ def create_app(
         raise ValueError(f"predictor URL must be http(s), not {predictor_url!r}")
     predict_url = predictor_url.rstrip("/") + "/v1/models/facerank:predict"
     gallery = Gallery(store, settings.gallery_bucket)
+    registry = ModelRegistry(store, settings.models_bucket)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes + MULTIPART_OVERHEAD
     limit = f"{settings.max_image_bytes / (1024 * 1024):.3g} MB"
@@ -84,7 +85,7 @@ def create_app(
     @app.context_processor
     def gallery_model() -> dict[str, str]:
         # Read per request: a promoted model changes the version without restarting the page.
-        return {"gallery_model_version": model_version_of(settings.model)}
+        return {"gallery_model_version": registry.describe_active()}
 
     @app.after_request
     def security_headers(response: Response) -> Response:
