@@ -36,10 +36,18 @@ $(BIN)/python:
 
 $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet --editable .
+	@# The pretrained descriptor needs npm and the registry once; without them, lbp-v0 serves.
+	$(BIN)/facerank models fetch || \
+	  echo "facerank: pretrained descriptor not set up (see above); using lbp-v0 until \`$(BIN)/facerank models fetch\` succeeds"
 	touch $@
 
-$(TEST_STAMP): pyproject.toml $(RUNTIME_STAMP)
+$(TEST_STAMP): pyproject.toml tests/js/package-lock.json $(RUNTIME_STAMP)
 	$(PIP) install --quiet --editable '.[test]'
+	@# face-api's own JavaScript is the reference for the Keras ports; without npm those tests skip.
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix tests/js --ignore-scripts --no-audit --no-fund || \
+	    echo "npm ci failed: the JavaScript reference tests will skip"; \
+	fi
 	@# The browser test drives the distribution's Chromium; without root it skips, saying why.
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
 	  apt-get update && apt-get install -y chromium chromium-driver; \

@@ -30,15 +30,17 @@ from facerank.errors import NoFaceError, ObjectNotFoundError
 from facerank.faces import Detection, HaarFaceDetector
 from facerank.faces.detect import Box
 from facerank.imaging import decode_image, read_image_file
-from facerank.npm import NpmPackage, PackageUnavailableError, extract_members, fetch_package
+from facerank.npm import (
+    FACE_API,
+    NpmPackage,
+    PackageUnavailableError,
+    extract_members,
+    fetch_package,
+)
 from facerank.pipeline import detector_from_settings, image_limits
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
 
-FACE_API = NpmPackage(
-    spec="@vladmandic/face-api@1.7.15",
-    integrity="sha512-WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw==",
-)
 SAMPLES = "package/demo/sample*.jpg"
 ENROLLED_FILE = "enrolled.jpg"
 JPEG_QUALITY = 95

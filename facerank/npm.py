@@ -67,6 +67,13 @@ class NpmPackage:
     """Subresource Integrity of the tarball, as the registry's ``dist.integrity``."""
 
 
+FACE_API = NpmPackage(
+    spec="@vladmandic/face-api@1.7.15",
+    integrity="sha512-WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw==",
+)
+"""face-api (MIT): the demo's group photos and the pretrained descriptor's TF.js weights."""
+
+
 def cache_path(spec: str, integrity: str, cache_dir: Path) -> Path:
     """Where :func:`fetch_package` keeps the tarball: named by spec, keyed by its digest.
 

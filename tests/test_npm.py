@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from facerank.demo import FACE_API
 from facerank.npm import (
+    FACE_API,
     PackageIntegrityError,
     PackageUnavailableError,
     UnsafeArchiveError,

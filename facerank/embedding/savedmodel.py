@@ -113,6 +113,7 @@ def export_embedder(
     card = ModelCard(version=version, chip=chip, dim=dim)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; models are read by other service users
     try:
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE: serve})
         (staging / CARD_NAME).write_text(json.dumps(card.to_json(), indent=2), encoding="utf-8")
