@@ -31,7 +31,7 @@ from facerank.settings import Settings
 from facerank.storage import FolderStore
 from inference.follower import ServingPair
 from inference.model import FacerankModel
-from inference.search import DEFAULT_MATCH_THRESHOLD, GalleryIndex, Match
+from inference.search import GalleryIndex, Match
 from inference.snapshot import GallerySnapshot
 
 DIM = 128
@@ -66,6 +66,10 @@ class ProjectedLbp:
     @property
     def dim(self) -> int:
         return self._projection.shape[1]
+
+    @property
+    def match_threshold(self) -> float:
+        return self._lbp.match_threshold
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         return l2_normalize(self._lbp.embed(chips) @ self._projection)
@@ -104,7 +108,7 @@ def brute_force_search(
     index: GalleryIndex,
     queries: np.ndarray,
     k: int,
-    threshold: float = DEFAULT_MATCH_THRESHOLD,
+    threshold: float,
 ) -> list[list[Match]]:
     """The naive baseline, a drop-in for :func:`inference.search.search`.
 

@@ -74,16 +74,18 @@ class Settings:
 
     models_bucket: str = "models"
 
-    model: str = "lbp-v0"
-    """Embedder name (``lbp-v0``) or path to an exported SavedModel directory."""
+    model: str = "auto"
+    """The model a new gallery starts with: ``auto`` (the pretrained ``dlib-r34-v1`` when
+    ``facerank models fetch`` has converted it, else ``lbp-v0``), a built-in or converted
+    version name, or the path of an exported model directory. Once the first enrollment has
+    created the model pointer, that pointer decides (``facerank models activate`` moves it)."""
 
     predictor_port: int = 8080
 
-    match_threshold: float = 0.60
-    """Largest embedding distance the predictor calls a ``match``. Measured for ``lbp-v0`` on
-    the AT&T faces Haar detects (1,430 same-person and 60,346 different-person pairs): 0.60
-    accepts 5.0% of strangers and 67% of genuine pairs; 0.564 would be FAR 1% (TAR 54%). A
-    conservative point for a weak descriptor; recalibrated when the pretrained one arrives."""
+    match_threshold: float | None = None
+    """Largest embedding distance the predictor calls a ``match``. Unset: each model's own
+    calibrated threshold (its card; 0.40 for ``dlib-r34-v1``, FAR 1% on AT&T; 0.60 for
+    ``lbp-v0``), which moves with the model on a switch. Set it only to override them all."""
 
     gallery_refresh_s: float = 2.0
     """Seconds between the predictor's polls of the gallery for enrolled and removed faces."""
@@ -169,9 +171,12 @@ class Settings:
 
         Secrets (fields hidden from ``repr``) are left out: children read them where this
         process did, from the environment or the mounted file, so they never travel further.
+        Unset optional fields are left out too, so children fall back to the same default.
         """
         return {
-            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self) if f.repr
+            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
+            for f in fields(self)
+            if f.repr and getattr(self, f.name) is not None
         }
 
     def replace(self, **changes: Any) -> Settings:
@@ -190,7 +195,7 @@ class Settings:
             raise ConfigError(f"FACERANK_ALIGN must be 'eyes' or 'box', not {self.align!r}")
         if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
             raise ConfigError("FACERANK_S3_ENDPOINT must start with http:// or https://")
-        if not 0.0 < self.match_threshold <= 2.0:
+        if self.match_threshold is not None and not 0.0 < self.match_threshold <= 2.0:
             raise ConfigError("FACERANK_MATCH_THRESHOLD must be in (0, 2]: unit-vector distances")
         if self.gallery_refresh_s <= 0:
             raise ConfigError("FACERANK_GALLERY_REFRESH_S must be positive")
@@ -230,7 +235,7 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{var} must be an integer, not {raw!r}") from None
-    if type_name == "float":
+    if type_name in ("float", "float | None"):
         try:
             return float(raw)
         except ValueError:

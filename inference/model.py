@@ -46,7 +46,7 @@ from facerank.registry import ModelRegistry, ServingModels
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
 from inference.follower import ServingFollower, ServingPair
-from inference.search import DEFAULT_MATCH_THRESHOLD, Match, search
+from inference.search import Match, search
 
 MODEL_NAME = "facerank"
 DEFAULT_TOP_K = 3
@@ -97,7 +97,7 @@ class FacerankModel(Model):
         store: ObjectStore,
         *,
         refresh_s: float = Settings.gallery_refresh_s,
-        threshold: float = DEFAULT_MATCH_THRESHOLD,
+        threshold: float | None = None,
     ) -> None:
         super().__init__(MODEL_NAME)
         self.settings = settings
@@ -177,7 +177,8 @@ class FacerankModel(Model):
             per_image.append(pair.pipeline.analyze(decoded.pixels).faces)
         faces = [face for image_faces in per_image for face in image_faces]
         k = max(query.top_k for query in queries)
-        matches = iter(search(pair.snapshot.index, pair.pipeline.embed(faces), k, self.threshold))
+        threshold = self.threshold or pair.pipeline.embedder.match_threshold
+        matches = iter(search(pair.snapshot.index, pair.pipeline.embed(faces), k, threshold))
         return [
             [
                 FaceRanking(f.detection.box, f.detection.confidence, next(matches)[: q.top_k])

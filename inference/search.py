@@ -17,12 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facerank.settings import Settings
-
-DEFAULT_MATCH_THRESHOLD = Settings.match_threshold
-"""``FACERANK_MATCH_THRESHOLD``'s default; see ``Settings.match_threshold`` for how it was
-measured."""
-
 _SIM_BITS_OF_ONE = int(np.array(1.0, dtype=np.float32).view(np.int32))
 """Bit pattern of float32 1.0: the largest magnitude a clipped cosine can have."""
 
@@ -87,7 +81,7 @@ def search(
     index: GalleryIndex,
     queries: np.ndarray,
     k: int,
-    threshold: float = DEFAULT_MATCH_THRESHOLD,
+    threshold: float,
 ) -> list[list[Match]]:
     """The ``k`` closest identities to each row of ``queries``, closest first.
 

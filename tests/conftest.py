@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.s3_server",
     "tests.plugins.faces",
     "tests.plugins.sink",
+    "tests.plugins.pretrained",
 ]

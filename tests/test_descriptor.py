@@ -51,14 +51,7 @@ from facerank.embedding.savedmodel import CARD_NAME, ModelCard
 from facerank.errors import ModelLoadError
 from facerank.faces import DLIB_CHIP_150, HaarFaceDetector, align_face
 from facerank.imaging import read_image_file
-from facerank.npm import (
-    FACE_API,
-    PackageUnavailableError,
-    cache_path,
-    extract_members,
-    fetch_package,
-)
-from facerank.settings import Settings, default_cache_dir
+from facerank.settings import Settings
 from tests.plugins.cli import run_facerank
 from tests.plugins.faces import variant
 
@@ -446,35 +439,6 @@ def test_dlib_chip_matches_dlibs_five_point_template() -> None:
 
 
 # --- the real package: conversion, proof against face-api's JavaScript, export -------------
-
-
-@pytest.fixture(scope="session")
-def pretrained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings whose cache holds the converted model (converted once per session)."""
-    root = tmp_path_factory.mktemp("pretrained")
-    settings = Settings.from_env({}, data_dir=root / "data", cache_dir=root / "cache")
-    cached = cache_path(FACE_API.spec, FACE_API.integrity, default_cache_dir() / "npm")
-    if cached.is_file():
-        (settings.cache_dir / "npm").mkdir(parents=True)
-        shutil.copy2(cached, settings.cache_dir / "npm" / cached.name)
-    try:
-        ensure_pretrained(settings)
-    except PackageUnavailableError as exc:
-        pytest.skip(f"cannot get {FACE_API.spec} (npm or the registry is unavailable): {exc}")
-    return settings
-
-
-@pytest.fixture(scope="session")
-def package_files(pretrained_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """face-api's Node bundle and demo photos, extracted from the (now cached) tarball."""
-    tarball = fetch_package(
-        FACE_API.spec, FACE_API.integrity, pretrained_settings.cache_dir / "npm"
-    )
-    folder = tmp_path_factory.mktemp("face-api")
-    extract_members(
-        tarball, ["package/dist/face-api.node-wasm.js", "package/demo/sample*.jpg"], folder
-    )
-    return folder / "package"
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,9 @@ import requests
 from kserve import InferInput, InferRequest
 from kserve.inference_client import InferenceRESTClient, RESTConfig
 
+from facerank.embedding.lbp import LBP_MATCH_THRESHOLD
 from facerank.settings import Settings
 from facerank.supervisor import Component, Supervisor
-from inference.search import DEFAULT_MATCH_THRESHOLD
 from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
 from tests.plugins.http import free_port
@@ -109,9 +109,9 @@ def test_astronaut_ranks_first_for_another_shot(server: Server, astronaut_query:
     top = face["matches"]
     assert len(top) == 3
     assert top[0]["identity"] == "astronaut"
-    # The threshold is provisional (see DEFAULT_MATCH_THRESHOLD): check the flag agrees with
+    # The threshold is provisional (see LBP_MATCH_THRESHOLD): check the flag agrees with
     # it, and that the right identity wins by a wide margin, not where the line falls.
-    assert all(m["match"] == (m["distance"] <= DEFAULT_MATCH_THRESHOLD) for m in top)
+    assert all(m["match"] == (m["distance"] <= LBP_MATCH_THRESHOLD) for m in top)
     assert top[1]["distance"] - top[0]["distance"] > 0.2
     assert set(top[0]) == {"identity", "face_id", "distance", "similarity", "match"}
     assert [m["distance"] for m in top] == sorted(m["distance"] for m in top)
@@ -220,7 +220,7 @@ def test_v2_json_ranks_the_astronaut(
     assert out["image_index"] == [0]
     assert out["face_index"] == [0, 0]
     assert out["identity"][0] == "astronaut"
-    assert out["match"][0] == (out["distance"][0] <= DEFAULT_MATCH_THRESHOLD)
+    assert out["match"][0] == (out["distance"][0] <= LBP_MATCH_THRESHOLD)
     assert len(out["distance"]) == len(out["similarity"]) == len(out["face_id"]) == 2
 
 

@@ -55,6 +55,10 @@ class ProjectedLbp:
     def dim(self) -> int:
         return 32
 
+    @property
+    def match_threshold(self) -> float:
+        return 0.5
+
     def embed(self, chips: np.ndarray) -> np.ndarray:
         return l2_normalize(self._lbp.embed(chips) @ self._projection)
 

@@ -49,7 +49,7 @@ def test_each_identity_appears_once_through_its_closest_face() -> None:
     query = np.array([[1.0, 0.0]], dtype=np.float32)
     vectors = np.array([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [0.8, 0.6]], dtype=np.float32)
     index = GalleryIndex.build(["a1", "a2", "b1", "b2"], ["alice", "alice", "bob", "bob"], vectors)
-    [matches] = search(index, query, k=5)
+    [matches] = search(index, query, k=5, threshold=0.6)
     assert [(m.identity, m.face_id) for m in matches] == [("alice", "a2"), ("bob", "b2")]
     assert matches[0].distance == pytest.approx(0.0)
     assert matches[0].match
@@ -62,10 +62,10 @@ def test_ties_rank_by_identity_name_then_face_id_even_at_the_cut() -> None:
     face_ids = ["z", "c", "b2", "b1", "a", "d"]
     index = GalleryIndex.build(face_ids, identities, vectors)
     for k in (1, 2, 3, 5):
-        [matches] = search(index, vectors[:1], k)
+        [matches] = search(index, vectors[:1], k, threshold=0.6)
         expected = ["adam", "bea", "carl", "dan", "zoe"][:k]
         assert [m.identity for m in matches] == expected
-    [matches] = search(index, vectors[:1], 2)
+    [matches] = search(index, vectors[:1], 2, threshold=0.6)
     assert matches[1].face_id == "b1"
 
 
@@ -79,27 +79,31 @@ def test_threshold_decides_match() -> None:
 
 def test_empty_gallery_answers_an_empty_list_per_query() -> None:
     index = GalleryIndex.build([], [], np.zeros((0, 0), dtype=np.float32))
-    assert search(index, unit_rows(np.random.default_rng(0), 3, 8), k=3) == [[], [], []]
+    assert search(index, unit_rows(np.random.default_rng(0), 3, 8), k=3, threshold=0.6) == [
+        [],
+        [],
+        [],
+    ]
 
 
 def test_no_queries_answers_nothing() -> None:
     index = GalleryIndex.build(["a"], ["alice"], np.array([[1.0, 0.0]], dtype=np.float32))
-    assert search(index, np.zeros((0, 2), dtype=np.float32), k=3) == []
+    assert search(index, np.zeros((0, 2), dtype=np.float32), k=3, threshold=0.6) == []
 
 
 def test_k_larger_than_identities_returns_every_identity() -> None:
     rng = np.random.default_rng(1)
     index = GalleryIndex.build(["a", "b", "c"], ["x", "y", "x"], unit_rows(rng, 3, 4))
-    [matches] = search(index, unit_rows(rng, 1, 4), k=100)
+    [matches] = search(index, unit_rows(rng, 1, 4), k=100, threshold=0.6)
     assert sorted(m.identity for m in matches) == ["x", "y"]
 
 
 def test_invalid_arguments_are_refused() -> None:
     index = GalleryIndex.build(["a"], ["alice"], np.array([[1.0, 0.0]], dtype=np.float32))
     with pytest.raises(ValueError, match="k must be positive"):
-        search(index, np.array([[1.0, 0.0]], dtype=np.float32), k=0)
+        search(index, np.array([[1.0, 0.0]], dtype=np.float32), k=0, threshold=0.6)
     with pytest.raises(ValueError, match="dimension"):
-        search(index, np.ones((1, 3), dtype=np.float32), k=1)
+        search(index, np.ones((1, 3), dtype=np.float32), k=1, threshold=0.6)
     with pytest.raises(ValueError, match="same faces"):
         GalleryIndex.build(["a", "b"], ["alice"], np.ones((2, 2), dtype=np.float32))
 

@@ -15,7 +15,7 @@ def test_defaults_need_no_environment(tmp_path: Path) -> None:
     assert settings.store == "folder"
     assert settings.predictor_port == 8080
     assert settings.faces_bucket == "faces"
-    assert settings.model == "lbp-v0"
+    assert settings.model == "auto"
     assert settings.s3_access_key == settings.s3_secret_key == ""
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from facerank.errors import ChipShapeError, ModelLoadError
 from facerank.faces.align import ChipSpec
 
-_VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Embedder(Protocol):
@@ -34,6 +34,15 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
+    @property
+    def match_threshold(self) -> float:
+        """The largest distance this model calls a match, calibrated with ``facerank eval``.
+
+        It belongs to the model, not to the deployment: distance scales differ by model, so a
+        model switch must change the threshold together with the embeddings.
+        """
+        ...
+
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """``(N, size, size, 3)`` uint8 RGB chips -> ``(N, dim)`` float32, unit rows."""
         ...
@@ -41,7 +50,7 @@ class Embedder(Protocol):
 
 def validate_model_version(version: str) -> str:
     """Model versions end up in object keys and URLs: keep them to a safe alphabet."""
-    if not _VERSION_PATTERN.fullmatch(version):
+    if not VERSION_PATTERN.fullmatch(version):
         raise ModelLoadError(
             f"invalid model version {version!r}: use 1-64 of [A-Za-z0-9._-], starting alphanumeric"
         )

@@ -39,6 +39,10 @@ FORMAT = "facerank.savedmodel/v1"
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "embedding"
+DEFAULT_MATCH_THRESHOLD = 0.40
+"""For a model exported without a calibrated threshold: FaceNet-style 128-D unit embeddings
+separate people around here (dlib-r34-v1 measures FAR 1% at 0.40 on the AT&T faces); the
+training gate writes the threshold it measured on held-out identities instead."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class ModelCard:
     version: str
     chip: ChipSpec
     dim: int
+    match_threshold: float = DEFAULT_MATCH_THRESHOLD
+    """Calibrated by whoever exports the model (see :data:`DEFAULT_MATCH_THRESHOLD`)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +61,7 @@ class ModelCard:
             "version": self.version,
             "chip": self.chip.to_json(),
             "dim": self.dim,
+            "match_threshold": self.match_threshold,
             "signature": SIGNATURE,
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
@@ -79,13 +86,25 @@ class ModelCard:
                 version=validate_model_version(str(data["version"])),
                 chip=ChipSpec.from_json(data["chip"]),
                 dim=int(data["dim"]),
+                match_threshold=_threshold(data.get("match_threshold", DEFAULT_MATCH_THRESHOLD)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelLoadError(f"{path}: malformed model card ({exc})") from None
 
 
+def _threshold(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 2:
+        raise ValueError(f"match_threshold must be a distance in (0, 2], not {value!r}")
+    return float(value)
+
+
 def export_embedder(
-    model: Callable[[Any], Any], directory: str | os.PathLike[str], *, version: str, chip: ChipSpec
+    model: Callable[[Any], Any],
+    directory: str | os.PathLike[str],
+    *,
+    version: str,
+    chip: ChipSpec,
+    match_threshold: float = DEFAULT_MATCH_THRESHOLD,
 ) -> ModelCard:
     """Export ``model`` (images float32 0..255 -> embeddings) as a facerank model directory.
 
@@ -110,7 +129,9 @@ def export_embedder(
         return {OUTPUT_NAME: embedding}
 
     dim = int(serve.get_concrete_function().structured_outputs[OUTPUT_NAME].shape[-1])
-    card = ModelCard(version=version, chip=chip, dim=dim)
+    card = ModelCard(
+        version=version, chip=chip, dim=dim, match_threshold=_threshold(match_threshold)
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; models are read by other service users
@@ -146,6 +167,10 @@ class SavedModelEmbedder:
     @property
     def dim(self) -> int:
         return self.card.dim
+
+    @property
+    def match_threshold(self) -> float:
+        return self.card.match_threshold
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         import tensorflow as tf

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from facerank.embedding import BUILTIN_EMBEDDERS, Embedder, load_embedder, model_version_of
+from facerank.embedding.base import VERSION_PATTERN
 from facerank.embedding.savedmodel import CARD_NAME
 from facerank.errors import ModelLoadError
 from facerank.registry.pointer import ModelRef
@@ -32,6 +33,8 @@ def model_folders(settings: Settings) -> tuple[Path, ...]:
 
 def find_model_dir(version: str, settings: Settings) -> Path | None:
     """The exported model folder of ``version``; None if no model folder holds it."""
+    if not VERSION_PATTERN.fullmatch(version):
+        return None  # a path, not a version name
     for folder in model_folders(settings):
         candidate = folder / version
         if (candidate / CARD_NAME).is_file():
@@ -62,9 +65,13 @@ def load_model(ref: ModelRef, settings: Settings) -> Embedder:
 
 
 def default_model(settings: Settings) -> ModelRef:
-    """The model ``FACERANK_MODEL`` names: a built-in, a version in the model folders, a path
-    to an exported model, or ``auto``."""
-    name = settings.model
+    """The model ``FACERANK_MODEL`` names."""
+    return model_ref(settings.model, settings)
+
+
+def model_ref(name: str, settings: Settings) -> ModelRef:
+    """A model named as ``FACERANK_MODEL`` accepts: a built-in, a version in the model
+    folders, the path of an exported model, or ``auto``."""
     if name == AUTO:
         return _auto(settings)
     if name in BUILTIN_EMBEDDERS:

@@ -1,0 +1,72 @@
+"""The pretrained descriptor for tests, and a model cache that holds nothing else.
+
+Tests choose their models explicitly. The user's own cache (``~/.cache/facerank``, where setup
+converts the pretrained model) would otherwise make ``FACERANK_MODEL=auto`` mean lbp-v0 on one
+machine and the pretrained network on another, so every test process, and every child it
+starts, gets an empty cache of its own. Tests of the pretrained path take
+``pretrained_settings``: a cache where the model was converted once per session (from the
+tarball setup already fetched when there is one, so no network is needed then).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from facerank.descriptor.pretrained import ensure_pretrained
+from facerank.npm import (
+    FACE_API,
+    PackageUnavailableError,
+    cache_path,
+    extract_members,
+    fetch_package,
+)
+from facerank.settings import Settings, default_cache_dir
+
+USER_CACHE = default_cache_dir()
+"""Read when the plugin loads, before :func:`empty_model_cache` points the variable away."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def pretrained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings whose cache holds the converted model (converted once per session)."""
+    root = tmp_path_factory.mktemp("pretrained")
+    settings = Settings.from_env({}, data_dir=root / "data", cache_dir=root / "cache")
+    cached = cache_path(FACE_API.spec, FACE_API.integrity, USER_CACHE / "npm")
+    if cached.is_file():
+        (settings.cache_dir / "npm").mkdir(parents=True)
+        shutil.copy2(cached, settings.cache_dir / "npm" / cached.name)
+    try:
+        ensure_pretrained(settings)
+    except PackageUnavailableError as exc:
+        pytest.skip(f"cannot get {FACE_API.spec} (npm or the registry is unavailable): {exc}")
+    return settings
+
+
+@pytest.fixture(scope="session")
+def package_files(pretrained_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """face-api's Node bundle and demo photos, extracted from the (now cached) tarball."""
+    tarball = fetch_package(
+        FACE_API.spec, FACE_API.integrity, pretrained_settings.cache_dir / "npm"
+    )
+    folder = tmp_path_factory.mktemp("face-api")
+    extract_members(
+        tarball, ["package/dist/face-api.node-wasm.js", "package/demo/sample*.jpg"], folder
+    )
+    return folder / "package"
