@@ -10,6 +10,7 @@ Ctrl-C stops everything; the next ``facerank up`` continues on the same data.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -82,7 +83,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     components = embedded_components(settings)
-    with Supervisor(components, env=settings.to_env()) as supervisor:
+    # TensorFlow's C++ start-up banners would drown the components' own logs.
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    with Supervisor(components, env={**settings.to_env(), **quiet}) as supervisor:
         supervisor.start()
         print_welcome(settings, components)
         if demo is not None:
