@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facerank.descriptor.pretrained import PRETRAINED_VERSION
 from facerank.gallery import Gallery
+from facerank.settings import Settings
 from facerank.storage import FolderStore
 from tests.plugins.cli import run_facerank
 from tests.plugins.faces import encode
@@ -78,14 +80,14 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start_up(data_dir: Path) -> Iterator[Callable[[], Up]]:
+def start_up(data_dir: Path) -> Iterator[Callable[..., Up]]:
     names = ("BROKER", "SOURCE", "ENROLL", "PREDICTOR", "WEB")
     env = {f"FACERANK_{name}_PORT": str(free_port()) for name in names}
     env["FACERANK_RECONCILE_INTERVAL"] = "1"  # many reconcile passes in a short test
     running: list[Up] = []
 
-    def start() -> Up:
-        up = Up(data_dir, env)
+    def start(**extra_env: str) -> Up:
+        up = Up(data_dir, {**env, **extra_env})
         running.append(up)
         up.wait_for(lambda: READY in up.output(), "facerank up to be ready")
         return up
@@ -167,3 +169,20 @@ def test_drop_enroll_delete_restart(
     again = start_up()
     again.wait_for(lambda: identities(data_dir) == {"eileen": 1}, "reconcile after restart")
     assert again.stop() == 0
+
+
+def test_a_fresh_gallery_enrolls_and_ranks_with_the_pretrained_descriptor(
+    start_up: Callable[..., Up],
+    data_dir: Path,
+    astronaut: np.ndarray,
+    pretrained_settings: Settings,
+) -> None:
+    """What a fresh clone gets once setup converted the model: dlib-r34-v1, named in replies."""
+    up = start_up(FACERANK_CACHE_DIR=str(pretrained_settings.cache_dir))
+    drop(data_dir, "eileen/1.jpg", encode(astronaut, "JPEG"))
+    up.wait_for(lambda: identities(data_dir) == {"eileen": 1}, "eileen to be enrolled")
+    query = another_shot(data_dir, astronaut)
+    up.wait_for(lambda: top_identity(query, up.env) == "eileen", "eileen to be the top match")
+    table = run_facerank("query", str(query), data_dir=data_dir, env=up.env).stdout
+    assert f"model version: {PRETRAINED_VERSION}; 1 face(s)" in table
+    assert up.stop() == 0
