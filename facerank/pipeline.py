@@ -7,6 +7,7 @@ identically; only where the photo comes from differs.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,10 +21,13 @@ import numpy as np
 from facerank.embedding import Embedder
 from facerank.errors import InvalidImageError
 from facerank.faces import AlignedFace, AlignMode, Detection, FaceDetector, HaarFaceDetector
-from facerank.faces.align import align_face
+from facerank.faces.align import ChipSpec, align_face
+from facerank.faces.landmarks import LandmarkLocator
 from facerank.imaging import DecodedImage, decode_image, read_image_file
 from facerank.registry.locate import default_model, load_model
 from facerank.settings import Settings
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,6 +37,8 @@ R = TypeVar("R")
 class Face:
     detection: Detection
     aligned: AlignedFace
+    landmarks: np.ndarray | None = None
+    """``(68, 2)`` landmarks in image pixels when aligning on ``landmarks``, else None."""
 
 
 @dataclass(frozen=True)
@@ -62,24 +68,32 @@ class FacePipeline:
         *,
         align_mode: AlignMode = "eyes",
         limits: Mapping[str, int] | None = None,
+        locator: LandmarkLocator | None = None,
     ) -> None:
-        """``limits``: the decoder's ``max_bytes`` / ``max_pixels`` (its defaults if omitted)."""
+        """``limits``: the decoder's ``max_bytes`` / ``max_pixels`` (its defaults if omitted).
+        ``locator``: required by ``align_mode="landmarks"``, unused otherwise."""
+        if align_mode == "landmarks" and locator is None:
+            raise ValueError("align_mode 'landmarks' needs a LandmarkLocator")
         self.detector = detector
         self.embedder = embedder
         self.align_mode = align_mode
+        self.locator = locator if align_mode == "landmarks" else None
         self._limits = dict(limits or {})
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder: Embedder | None = None) -> FacePipeline:
         """The pipeline ``settings`` describe, embedding with ``embedder`` if given, else with
-        the model ``FACERANK_MODEL`` names (``auto``: the pretrained one when set up)."""
+        the model ``FACERANK_MODEL`` names (``auto``: the pretrained one when set up).
+        ``align=landmarks`` without the landmark model set up aligns on the eyes instead."""
         if embedder is None:
             embedder = load_model(default_model(settings), settings)
+        align_mode, locator = alignment_from_settings(settings)
         return cls(
             detector_from_settings(settings),
             embedder,
-            align_mode=settings.align,
+            align_mode=align_mode,
             limits=image_limits(settings),
+            locator=locator,
         )
 
     @property
@@ -87,12 +101,24 @@ class FacePipeline:
         return self.embedder.model_version
 
     def analyze(self, pixels: np.ndarray) -> ImageFaces:
-        """Detect every face (largest first) and align each into the embedder's chip."""
+        """Detect every face (largest first) and align each into the embedder's chip.
+
+        With landmark alignment, all faces of the photo are located in one batch.
+        """
+        detections = self.detector.detect(pixels)
+        points: list[np.ndarray | None] = [None] * len(detections)
+        if self.locator is not None and detections:
+            points = self.locator.locate(pixels, [d.box for d in detections])
+        chip = self.embedder.chip
         faces = [
-            Face(d, align_face(pixels, d, self.embedder.chip, self.align_mode))
-            for d in self.detector.detect(pixels)
+            Face(d, align_face(pixels, d, chip, self.align_mode, p), p)
+            for d, p in zip(detections, points, strict=True)
         ]
         return ImageFaces(width=pixels.shape[1], height=pixels.shape[0], faces=faces)
+
+    def align(self, pixels: np.ndarray, face: Face, spec: ChipSpec) -> AlignedFace:
+        """``face`` of ``pixels`` in another layout (the gallery's crop), from the same fit."""
+        return align_face(pixels, face.detection, spec, self.align_mode, face.landmarks)
 
     def decode(self, data: bytes) -> DecodedImage:
         """Decode untrusted image bytes within this pipeline's limits (typed errors)."""
@@ -129,6 +155,32 @@ def detector_from_settings(settings: Settings) -> HaarFaceDetector:
         max_faces=settings.max_faces,
         min_confidence=settings.min_face_confidence,
     )
+
+
+def alignment_from_settings(settings: Settings) -> tuple[AlignMode, LandmarkLocator | None]:
+    """The alignment mode ``settings`` ask for and its landmark locator, or ``eyes`` (and no
+    locator) when they ask for landmarks but the landmark model is not set up."""
+    locator = locator_from_settings(settings)
+    if settings.align == "landmarks" and locator is None:
+        return "eyes", None
+    return settings.align, locator
+
+
+def locator_from_settings(settings: Settings) -> LandmarkLocator | None:
+    """The landmark locator ``settings.align`` asks for; None (with a warning) when its model
+    is not set up, as nothing is downloaded or converted while serving."""
+    if settings.align != "landmarks":
+        return None
+    from facerank.descriptor.landmarks import landmark_model_dir
+
+    model_dir = landmark_model_dir(settings)
+    if not model_dir.is_dir():
+        log.warning(
+            "the landmark model is not set up (run `facerank models fetch`); "
+            "aligning faces on their eyes instead"
+        )
+        return None
+    return LandmarkLocator(model_dir)
 
 
 def image_limits(settings: Settings) -> dict[str, int]:

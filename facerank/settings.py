@@ -19,8 +19,9 @@ from typing import Any, Literal
 from facerank.errors import ConfigError
 
 StoreKind = Literal["folder", "s3"]
-AlignKind = Literal["eyes", "box"]
+AlignKind = Literal["landmarks", "eyes", "box"]
 EnrollFaces = Literal["largest", "all"]
+TrainingBackend = Literal["local", "kubernetes"]
 
 ENV_PREFIX = "FACERANK_"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -119,8 +120,10 @@ class Settings:
     max_faces: int = 20
     """At most this many faces (largest first) are reported per image."""
 
-    align: AlignKind = "eyes"
-    """``eyes``: align on detected eyes, falling back to the box; ``box``: always the box."""
+    align: AlignKind = "landmarks"
+    """``landmarks``: dlib's chip from 68 landmarks (face-api's landmark net, exported into
+    ``cache_dir/models`` on first use), falling back to the eyes; ``eyes``: align on detected
+    eyes, falling back to the box; ``box``: always the box."""
 
     min_face_confidence: float = 0.8
     """Detections scoring below this are dropped (see ``HaarFaceDetector``)."""
@@ -128,6 +131,32 @@ class Settings:
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     """Decompression-bomb guard: header-declared width x height above this is refused."""
+
+    retrain_port: int = 8093
+    """The retrain function (``python -m functions.retrain``) under ``facerank up``."""
+
+    training_backend: TrainingBackend = "local"
+    """``local``: worker processes on this machine; ``kubernetes``: an Indexed Job per run."""
+
+    namespace: str = "facerank"
+    """Kubernetes namespace the retrain function creates training Jobs in (its own)."""
+
+    training_template: str = "facerank-trainer"
+    """Name of the PodTemplate whose pod spec each training Job's workers get."""
+
+    retrain_workers: int = 2
+    """MultiWorkerMirroredStrategy workers of a run a request does not size."""
+
+    retrain_epochs: int = 3
+    retrain_deadline_s: int = 3600
+    """A run still unfinished after this long is stopped and counts as failed."""
+
+    retrain_after_enrollments: int = 0
+    """Start a run by itself once this many photos were enrolled since the last run (0: off)."""
+
+    promotion_margin: float = 0.0
+    """A trained model is promoted only if its held-out TAR at FAR 1e-2 beats the active
+    model's on the same identities by more than this."""
 
     log_level: str = "INFO"
 
@@ -191,8 +220,10 @@ class Settings:
             raise ConfigError(f"FACERANK_STORE must be 'folder' or 's3', not {self.store!r}")
         if self.store == "s3" and not self.s3_endpoint:
             raise ConfigError("FACERANK_S3_ENDPOINT is required when FACERANK_STORE=s3")
-        if self.align not in ("eyes", "box"):
-            raise ConfigError(f"FACERANK_ALIGN must be 'eyes' or 'box', not {self.align!r}")
+        if self.align not in ("landmarks", "eyes", "box"):
+            raise ConfigError(
+                f"FACERANK_ALIGN must be 'landmarks', 'eyes' or 'box', not {self.align!r}"
+            )
         if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
             raise ConfigError("FACERANK_S3_ENDPOINT must start with http:// or https://")
         if self.match_threshold is not None and not 0.0 < self.match_threshold <= 2.0:
@@ -201,9 +232,17 @@ class Settings:
             raise ConfigError("FACERANK_GALLERY_REFRESH_S must be positive")
         if not 0.0 <= self.min_face_confidence < 1.0:
             raise ConfigError("FACERANK_MIN_FACE_CONFIDENCE must be in [0, 1)")
-        for name in ("predictor_port", "broker_port", "source_port", "enroll_port", "web_port"):
+        ports = ("predictor_port", "broker_port", "source_port", "enroll_port", "web_port")
+        for name in (*ports, "retrain_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} out of range: {getattr(self, name)}")
+        if self.training_backend not in ("local", "kubernetes"):
+            raise ConfigError("FACERANK_TRAINING_BACKEND must be 'local' or 'kubernetes'")
+        for name in ("retrain_workers", "retrain_epochs", "retrain_deadline_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+        if self.retrain_after_enrollments < 0:
+            raise ConfigError("FACERANK_RETRAIN_AFTER_ENROLLMENTS must not be negative")
         if self.enroll_faces not in ("largest", "all"):
             raise ConfigError("FACERANK_ENROLL_FACES must be 'largest' or 'all'")
         if self.reconcile_interval < 0:

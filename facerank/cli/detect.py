@@ -7,11 +7,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from facerank.cli.output import emit_json, error_record, progress
 from facerank.errors import InvalidImageError
-from facerank.faces import AlignMode, Detection, FaceDetector
+from facerank.faces import AlignMode, Detection, FaceDetector, LandmarkLocator
+from facerank.faces.align import DLIB_CHIP_150, align_face
 from facerank.imaging import read_image_file
-from facerank.pipeline import detector_from_settings, image_limits, ordered_map
+from facerank.pipeline import (
+    alignment_from_settings,
+    detector_from_settings,
+    image_limits,
+    ordered_map,
+)
 from facerank.settings import Settings
 
 
@@ -20,8 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "detect",
         help="find faces in images and print their boxes as JSON Lines",
         description="Print one JSON object per image: its size and every face found "
-        "(largest first) with box [x, y, w, h], confidence and whether the eyes were found "
-        "for alignment ('eyes') or the box layout will be used ('box').",
+        "(largest first) with box [x, y, w, h], confidence, the eyes found, and how its chip "
+        "is aligned: from 68 landmarks ('landmarks'), its eyes ('eyes') or its box ('box').",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
@@ -31,9 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     detector = detector_from_settings(settings)
     limits = image_limits(settings)
+    align, locator = alignment_from_settings(settings)
 
     def detect_file(path: Path) -> dict[str, Any]:
-        return detect_record(detector, path, limits, settings.align)
+        return detect_record(detector, path, limits, align, locator)
 
     failures = 0
     records = ordered_map(detect_file, args.images, workers=os.cpu_count() or 1)
@@ -44,25 +53,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def detect_record(
-    detector: FaceDetector, path: Path, limits: dict[str, int], align: AlignMode
+    detector: FaceDetector,
+    path: Path,
+    limits: dict[str, int],
+    align: AlignMode,
+    locator: LandmarkLocator | None = None,
 ) -> dict[str, Any]:
     try:
         pixels = read_image_file(path, **limits).pixels
     except InvalidImageError as exc:
         return {"path": str(path), "error": error_record(exc)}
+    detections = detector.detect(pixels)
+    points: list[np.ndarray | None] = [None] * len(detections)
+    if locator is not None and detections:
+        points = locator.locate(pixels, [d.box for d in detections])
     return {
         "path": str(path),
         "width": pixels.shape[1],
         "height": pixels.shape[0],
-        "faces": [face_record(d, align) for d in detector.detect(pixels)],
+        "faces": [
+            face_record(d, align_face(pixels, d, DLIB_CHIP_150, align, p).method)
+            for d, p in zip(detections, points, strict=True)
+        ],
     }
 
 
-def face_record(detection: Detection, align: AlignMode) -> dict[str, Any]:
-    """``alignment`` says how this face's chip is built: from its eyes, or from its box."""
+def face_record(detection: Detection, alignment: str) -> dict[str, Any]:
+    """``alignment`` says how this face's chip is built: landmarks, eyes or box."""
     return {
         "box": list(detection.box),
         "confidence": round(detection.confidence, 4),
-        "alignment": "eyes" if detection.eyes and align == "eyes" else "box",
+        "alignment": alignment,
         "eyes": [[round(x, 1), round(y, 1)] for x, y in detection.eyes] if detection.eyes else None,
     }

@@ -23,7 +23,12 @@ from facerank.evaluation.dataset import load_dataset
 from facerank.evaluation.report import report_json_text, summary_table, write_report
 from facerank.evaluation.run import evaluate
 from facerank.faces import AlignMode
-from facerank.pipeline import detector_from_settings, image_limits
+from facerank.pipeline import (
+    alignment_from_settings,
+    detector_from_settings,
+    image_limits,
+    locator_from_settings,
+)
 from facerank.settings import Settings
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -81,11 +86,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     out = args.out or Path(f"eval-{_UNSAFE_NAME.sub('_', dataset.name)}-{started:%Y%m%dT%H%M%SZ}")
     _check_out_dir(out)
 
+    default, _ = alignment_from_settings(settings)
+    locator = locator_from_settings(settings.replace(align="landmarks"))
+    aligns = list(dict.fromkeys(args.aligns or [default]))
+    if "landmarks" in aligns and locator is None:
+        raise ConfigError("--align landmarks needs the landmark model: run facerank models fetch")
     result = evaluate(
         dataset,
         scorers,
-        list(dict.fromkeys(args.aligns or [settings.align])),
+        aligns,
         detector=detector_from_settings(settings),
+        locator=locator,
         threshold=settings.match_threshold,
         limits=image_limits(settings),
         notes=notes,

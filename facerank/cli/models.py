@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from facerank.cli.output import emit_json
+from facerank.descriptor.landmarks import ensure_landmark_model
 from facerank.descriptor.pretrained import (
     PRETRAINED_VERSION,
     ensure_pretrained,
@@ -83,6 +84,8 @@ def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
             bar.update(done - bar.n)
 
         model_dir = ensure_pretrained(settings, progress=report)
+        bar.set_description_str("landmark model", refresh=True)
+        ensure_landmark_model(settings)
     card = ModelCard.read(model_dir)
     result = {
         "version": card.version,

@@ -83,7 +83,7 @@ def _pass_json(detection: DetectionPass) -> dict[str, Any]:
         "images": detection.images,
         "faces": len(detection.sources),
         "detection_rate": detection.detection_rate,
-        "eye_aligned": detection.eye_aligned,
+        "alignment_methods": detection.methods,
         "seconds": detection.seconds,
         "images_per_s": detection.images / detection.seconds if detection.seconds > 0 else 0.0,
     }
@@ -199,12 +199,12 @@ def _detection_section(run: EvaluationRun) -> str:
         [
             p.align,
             f"{len(p.sources)}/{p.images} ({_pct(p.detection_rate)})",
-            f"{p.eye_aligned}/{len(p.sources)}",
+            ", ".join(f"{name} {count}" for name, count in sorted(p.methods.items())),
             f"{p.images / p.seconds:,.1f}" if p.seconds > 0 else "-",
         ]
         for p in run.passes
     ]
-    header = ["align", "faces found / images", "aligned on detected eyes", "images/s"]
+    header = ["align", "faces found / images", "faces placed by", "images/s"]
     return "## Detection and alignment\n\n" + _table(header, rows)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from facerank.evaluation.baselines import Scorer
 from facerank.evaluation.dataset import Dataset, Skipped
 from facerank.evaluation.errors import EvaluationError
 from facerank.evaluation.metrics import Metrics, evaluate_distances
-from facerank.faces import AlignMode, ChipSpec, FaceDetector, align_face
+from facerank.faces import AlignMode, ChipSpec, FaceDetector, LandmarkLocator, align_face
 from facerank.imaging import read_image_file
 from facerank.pipeline import ordered_map
 
@@ -57,8 +58,9 @@ class DetectionPass:
     """Index into ``Dataset.images`` of each face, i.e. of each image with a face."""
     chips: dict[ChipSpec, np.ndarray]
     """``(faces, size, size, 3)`` chips for each layout in the run, rows in ``sources`` order."""
-    eye_aligned: int
-    """Faces whose warp used detected eyes (the rest used the calibrated box)."""
+    methods: dict[str, int]
+    """How many faces each alignment method placed (``landmarks``, ``eyes``, ``box``): a mode
+    falls back face by face when its own evidence is missing or implausible."""
     unreadable: tuple[Skipped, ...]
     seconds: float
 
@@ -111,6 +113,7 @@ def evaluate(
     aligns: Sequence[AlignMode],
     *,
     detector: FaceDetector,
+    locator: LandmarkLocator | None = None,
     threshold: float | None,
     limits: dict[str, int] | None = None,
     notes: Sequence[str] = (),
@@ -129,7 +132,9 @@ def evaluate(
     passes: list[DetectionPass] = []
     results: list[ScorerResult] = []
     for align in aligns:
-        detection = detect_and_align(dataset, detector, align, specs, limits or {}, progress)
+        detection = detect_and_align(
+            dataset, detector, align, specs, limits or {}, progress, locator
+        )
         passes.append(detection)
         labels = [dataset.images[i].identity for i in detection.sources]
         for scorer in progress(scorers, total=len(scorers), unit="embedder"):
@@ -152,11 +157,17 @@ def detect_and_align(
     specs: Sequence[ChipSpec],
     limits: dict[str, int],
     progress: Progress = no_progress,
+    locator: LandmarkLocator | None = None,
 ) -> DetectionPass:
-    """Decode, detect and align every image in parallel threads (results in dataset order)."""
+    """Decode, detect and align every image in parallel threads (results in dataset order).
 
-    def analyze(path: Path) -> tuple[list[np.ndarray], bool] | InvalidImageError | None:
-        """The largest face's chip in every layout and whether eyes drove the warp; ``None``
+    ``locator`` is required for ``landmarks`` alignment.
+    """
+    if align == "landmarks" and locator is None:
+        raise EvaluationError("landmark alignment needs the landmark model: facerank models fetch")
+
+    def analyze(path: Path) -> tuple[list[np.ndarray], str] | InvalidImageError | None:
+        """The largest face's chip in every layout and the alignment method used; ``None``
         without a face."""
         try:
             pixels = read_image_file(path, **limits).pixels
@@ -165,8 +176,11 @@ def detect_and_align(
         detections = detector.detect(pixels)
         if not detections:
             return None
-        aligned = [align_face(pixels, detections[0], spec, align) for spec in specs]
-        return [face.chip for face in aligned], aligned[0].method == "eyes"
+        points = None
+        if align == "landmarks" and locator is not None:
+            [points] = locator.locate(pixels, [detections[0].box])
+        aligned = [align_face(pixels, detections[0], spec, align, points) for spec in specs]
+        return [face.chip for face in aligned], aligned[0].method
 
     started = time.perf_counter()
     paths = [image.path for image in dataset.images]
@@ -174,14 +188,14 @@ def detect_and_align(
     sources: list[int] = []
     chips: list[list[np.ndarray]] = [[] for _ in specs]
     unreadable: list[Skipped] = []
-    eye_aligned = 0
+    methods: Counter[str] = Counter()
     for index, outcome in enumerate(progress(outcomes, total=len(paths), unit="img")):
         if isinstance(outcome, InvalidImageError):
             unreadable.append(Skipped(paths[index], outcome.code, str(outcome)))
         elif outcome is not None:
-            face_chips, on_eyes = outcome
+            face_chips, method = outcome
             sources.append(index)
-            eye_aligned += on_eyes
+            methods[method] += 1
             for per_spec, chip in zip(chips, face_chips, strict=True):
                 per_spec.append(chip)
     images = len(paths) - len(unreadable)
@@ -195,7 +209,7 @@ def detect_and_align(
         images=images,
         sources=tuple(sources),
         chips={spec: np.stack(rows) for spec, rows in zip(specs, chips, strict=True)},
-        eye_aligned=eye_aligned,
+        methods=dict(methods),
         unreadable=tuple(unreadable),
         seconds=time.perf_counter() - started,
     )

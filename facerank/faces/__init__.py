@@ -9,6 +9,7 @@ from facerank.faces.align import (
     align_face,
 )
 from facerank.faces.detect import Detection, FaceDetector, HaarFaceDetector
+from facerank.faces.landmarks import LandmarkLocator
 
 __all__ = [
     "ARCFACE_CHIP_112",
@@ -19,5 +20,6 @@ __all__ = [
     "Detection",
     "FaceDetector",
     "HaarFaceDetector",
+    "LandmarkLocator",
     "align_face",
 ]

@@ -17,10 +17,12 @@ import cv2
 import numpy as np
 
 from facerank.faces.detect import BOX_LEFT_EYE, BOX_RIGHT_EYE, Detection, Point
+from facerank.faces.landmarks import plausible_chip
 
-AlignMethod = Literal["eyes", "box"]
-AlignMode = Literal["eyes", "box"]
-"""``eyes``: use detected eyes when found, else the box. ``box``: always the box."""
+AlignMethod = Literal["landmarks", "eyes", "box"]
+AlignMode = Literal["landmarks", "eyes", "box"]
+"""``landmarks``: dlib's chip transform from 68 landmarks when they look like a face, else as
+``eyes``. ``eyes``: use detected eyes when found, else the box. ``box``: always the box."""
 
 
 @dataclass(frozen=True)
@@ -75,26 +77,29 @@ class AlignedFace:
     """``(size, size, 3)`` uint8 RGB."""
 
     method: AlignMethod
-    """``eyes`` if detected eyes drove the warp, ``box`` if the calibrated box fallback did."""
+    """``landmarks`` if 68 landmarks drove the warp, ``eyes`` if detected eyes did, ``box`` if
+    the calibrated box fallback did."""
 
     transform: np.ndarray
     """2x3 affine matrix from image pixels to chip pixels."""
 
 
 def align_face(
-    image: np.ndarray, detection: Detection, spec: ChipSpec, mode: AlignMode = "eyes"
+    image: np.ndarray,
+    detection: Detection,
+    spec: ChipSpec,
+    mode: AlignMode = "eyes",
+    landmarks: np.ndarray | None = None,
 ) -> AlignedFace:
     """Warp ``detection``'s face in the RGB ``image`` into a chip laid out as ``spec`` says.
 
-    Deterministic: the same image and detection always give the same chip. Large faces are
-    halved with ``pyrDown`` until the warp shrinks by at most 2x, because a bilinear warp that
-    shrinks more aliases (skipped pixels), which costs embedders accuracy.
+    ``landmarks`` (``(68, 2)`` image pixels, see :class:`~facerank.faces.landmarks.
+    LandmarkLocator`) are used in mode ``landmarks`` only. Deterministic: the same image and
+    detection always give the same chip. Large faces are halved with ``pyrDown`` until the
+    warp shrinks by at most 2x, because a bilinear warp that shrinks more aliases (skipped
+    pixels), which costs embedders accuracy.
     """
-    if mode == "eyes" and detection.eyes is not None:
-        eyes, method = detection.eyes, "eyes"
-    else:
-        eyes, method = _box_eyes(detection), "box"
-    matrix = similarity_transform(eyes, (spec.left_eye, spec.right_eye))
+    matrix, method = chip_transform(detection, spec, mode, landmarks)
     source, source_matrix = _shrink_source(image, detection, matrix)
     chip = cv2.warpAffine(
         source,
@@ -104,7 +109,32 @@ def align_face(
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=(0, 0, 0),
     )
-    return AlignedFace(chip=chip, method=method, transform=matrix)  # type: ignore[arg-type]
+    return AlignedFace(chip=chip, method=method, transform=matrix)
+
+
+def chip_transform(
+    detection: Detection,
+    spec: ChipSpec,
+    mode: AlignMode = "eyes",
+    landmarks: np.ndarray | None = None,
+) -> tuple[np.ndarray, AlignMethod]:
+    """The 2x3 image -> chip matrix :func:`align_face` warps with, and what drove it.
+
+    Landmarks give dlib's 150 px chip transform; any other ``spec`` is reached from it through
+    the similarity that moves ``DLIB_CHIP_150``'s eye points onto ``spec``'s, so every layout
+    of one face (the embedder's chip, the gallery's crop) comes from the same fit and
+    :func:`rechip` between layouts reproduces it. Landmarks that do not look like a face
+    (:func:`~facerank.faces.landmarks.plausible`) fall back to the eyes, then the box.
+    """
+    if mode == "landmarks" and landmarks is not None:
+        fitted = plausible_chip(landmarks, detection.box)
+        if fitted is not None:
+            dlib_eyes = (DLIB_CHIP_150.left_eye, DLIB_CHIP_150.right_eye)
+            to_spec = similarity_transform(dlib_eyes, (spec.left_eye, spec.right_eye))
+            return to_spec @ np.vstack([fitted.transform, (0.0, 0.0, 1.0)]), "landmarks"
+    if mode != "box" and detection.eyes is not None:
+        return similarity_transform(detection.eyes, (spec.left_eye, spec.right_eye)), "eyes"
+    return similarity_transform(_box_eyes(detection), (spec.left_eye, spec.right_eye)), "box"
 
 
 def rechip(crop: np.ndarray, crop_spec: ChipSpec, spec: ChipSpec) -> np.ndarray:

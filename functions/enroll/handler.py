@@ -48,10 +48,16 @@ from facerank.events import (
     reply_event,
 )
 from facerank.faces import HaarFaceDetector
-from facerank.faces.align import GALLERY_CROP_256, align_face
+from facerank.faces.align import GALLERY_CROP_256
 from facerank.gallery import EnrolledFace, Gallery, SourceRecord, face_id, identity_from_key
 from facerank.gallery.gallery import record_key
-from facerank.pipeline import Face, FacePipeline, detector_from_settings, image_limits
+from facerank.pipeline import (
+    Face,
+    FacePipeline,
+    alignment_from_settings,
+    detector_from_settings,
+    image_limits,
+)
 from facerank.registry import ActivePointer, ModelRegistry, ServingModels
 from facerank.reindex import add_version, embed_crops
 from facerank.settings import EnrollFaces, Settings
@@ -96,6 +102,7 @@ class EnrollHandler:
         self.gallery = gallery
         self.models = models
         self.detector = detector_from_settings(settings)
+        self.align_mode, self.locator = alignment_from_settings(settings)
         self._small_face_probe = HaarFaceDetector(
             min_face_size=SMALLEST_DETECTABLE,
             max_faces=1,
@@ -147,8 +154,9 @@ class EnrollHandler:
         pipeline = FacePipeline(
             self.detector,
             embedders[pointer.active.version],
-            align_mode=self.settings.align,
+            align_mode=self.align_mode,
             limits=image_limits(self.settings),
+            locator=self.locator,
         )
         try:
             record, crops, embeddings = self._analyze(pipeline, identity, stored, embedders)
@@ -203,10 +211,7 @@ class EnrollHandler:
         if not faces:
             raise self._why_no_face(pixels)
         chosen = select_faces(faces, self.settings.enroll_faces)
-        crops = [
-            align_face(pixels, f.detection, GALLERY_CROP_256, pipeline.align_mode).chip
-            for f in chosen
-        ]
+        crops = [pipeline.align(pixels, f, GALLERY_CROP_256).chip for f in chosen]
         embeddings = {
             version: pipeline.embed(chosen)
             if embedder is pipeline.embedder
