@@ -9,11 +9,8 @@ silently drops, so a typo would otherwise pass and change nothing but behaviour.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +23,11 @@ from facerank.broker import DeliverySpec, ManifestError, TriggerSpec, load_event
 from facerank.cehttp import filter_attributes
 from facerank.errors import ConfigError
 from facerank.events import FACE_ENROLLED, FACE_REJECTED, OBJECT_CREATED, OBJECT_DELETED
+from tests.plugins.schemas import SCHEMAS, custom_resource_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTING = ROOT / "infra" / "base" / "eventing"
 
-
-def _schemas_dir() -> Path:
-    """``$FACERANK_SHARED_DIR`` (the shared folder or its ``schemas``), else ``../shared``."""
-    shared = Path(os.environ.get("FACERANK_SHARED_DIR") or ROOT.parent / "shared")
-    return shared / "schemas" if (shared / "schemas").is_dir() else shared
-
-
-SCHEMAS = _schemas_dir()
 needs_schemas = pytest.mark.skipif(
     not (SCHEMAS / "eventing.knative.dev_Broker_v1.json").is_file(),
     reason=f"Knative CRD schemas not found in {SCHEMAS} (set FACERANK_SHARED_DIR)",
@@ -281,42 +271,10 @@ def test_trigger_delivery_overrides_and_defaults(tmp_path: Path) -> None:
 
 # --- Knative CRD schemas -----------------------------------------------------------------
 
-METADATA = {
-    "type": "object",
-    "required": ["name"],
-    "properties": {
-        "name": {"type": "string"},
-        "namespace": {"type": "string"},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-    },
-}
 
-
-@cache
 def crd_schema(kind: str) -> dict[str, Any]:
     """Knative's schema for ``kind`` with the root fields it lacks, strict where it can be."""
-    schema = json.loads((SCHEMAS / f"eventing.knative.dev_{kind}_v1.json").read_text())
-    schema["properties"].update(
-        apiVersion={"const": "eventing.knative.dev/v1"},
-        kind={"const": kind},
-        metadata=copy.deepcopy(METADATA),
-    )
-    schema["required"] = ["apiVersion", "kind", "metadata"]
-    _close_listed_objects(schema)
-    return schema
-
-
-def _close_listed_objects(node: Any) -> None:
-    """``additionalProperties: false`` where a node lists properties and keeps no unknowns."""
-    if isinstance(node, dict):
-        if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
-            node.setdefault("additionalProperties", False)
-        for value in node.values():
-            _close_listed_objects(value)
-    elif isinstance(node, list):
-        for value in node:
-            _close_listed_objects(value)
+    return custom_resource_schema("eventing.knative.dev/v1", kind)
 
 
 FEATURE_GATED = {"delivery": {"timeout"}}

@@ -1,0 +1,1 @@
+"""The retrain function: starts training runs and promotes their models."""
