@@ -86,9 +86,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     out = args.out or Path(f"eval-{_UNSAFE_NAME.sub('_', dataset.name)}-{started:%Y%m%dT%H%M%SZ}")
     _check_out_dir(out)
 
-    default, _ = alignment_from_settings(settings)
-    locator = locator_from_settings(settings.replace(align="landmarks"))
+    default, locator = alignment_from_settings(settings)
     aligns = list(dict.fromkeys(args.aligns or [default]))
+    if locator is None and "landmarks" in aligns:
+        locator = locator_from_settings(settings.replace(align="landmarks"))
     if "landmarks" in aligns and locator is None:
         raise ConfigError("--align landmarks needs the landmark model: run facerank models fetch")
     result = evaluate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facerank {__version__}")
     parser.add_argument("--data-dir", type=Path, help="overrides FACERANK_DATA_DIR")
     parser.add_argument("--model", help="embedder name or model directory (FACERANK_MODEL)")
-    parser.add_argument("--align", choices=("eyes", "box"), help="overrides FACERANK_ALIGN")
+    parser.add_argument(
+        "--align", choices=("landmarks", "eyes", "box"), help="overrides FACERANK_ALIGN"
+    )
     parser.add_argument("--min-face-size", type=int, help="overrides FACERANK_MIN_FACE_SIZE")
     parser.add_argument("--max-faces", type=int, help="overrides FACERANK_MAX_FACES")
     parser.add_argument("--log-level", help="overrides FACERANK_LOG_LEVEL")
@@ -40,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Commands that load a model import TensorFlow: keep its C++ info logs off the terminal.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
