@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ TrainingBackend = Literal["local", "kubernetes"]
 
 ENV_PREFIX = "FACERANK_"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+_API_TOKEN = re.compile(r"[\x21-\x7e]{16,4096}")
 
 
 def default_data_dir() -> Path:
@@ -105,6 +107,11 @@ class Settings:
     webhook_token: str = field(default="", repr=False)
     """Bearer token MinIO must send to the webhook (its ``auth_token``); empty: not checked."""
 
+    api_token: str = field(default="", repr=False)
+    """Bearer token the predictor and the functions require, and that ``facerank query``, the
+    web page, the local broker and the event source present (``Authorization: Bearer``);
+    empty: not checked. Mount it as a Secret and name the file in ``FACERANK_API_TOKEN_FILE``."""
+
     reconcile_interval: int = 60
     """Seconds between reconcile passes of the event source (0: only at start)."""
 
@@ -132,7 +139,7 @@ class Settings:
     max_image_pixels: int = 50_000_000
     """Decompression-bomb guard: header-declared width x height above this is refused."""
 
-    retrain_port: int = 8093
+    retrain_port: int = 8094
     """The retrain function (``python -m functions.retrain``) under ``facerank up``."""
 
     training_backend: TrainingBackend = "local"
@@ -148,6 +155,10 @@ class Settings:
     """MultiWorkerMirroredStrategy workers of a run a request does not size."""
 
     retrain_epochs: int = 3
+    retrain_steps_per_epoch: int = 50
+    retrain_backbone: str = "pretrained"
+    """``pretrained`` (fine-tune dlib-r34-v1), ``scratch`` (a small CPU-sized network) or
+    ``imagenet`` (needs the internet once); see ``training/backbones.py``."""
     retrain_deadline_s: int = 3600
     """A run still unfinished after this long is stopped and counts as failed."""
 
@@ -238,7 +249,12 @@ class Settings:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} out of range: {getattr(self, name)}")
         if self.training_backend not in ("local", "kubernetes"):
             raise ConfigError("FACERANK_TRAINING_BACKEND must be 'local' or 'kubernetes'")
-        for name in ("retrain_workers", "retrain_epochs", "retrain_deadline_s"):
+        for name in (
+            "retrain_workers",
+            "retrain_epochs",
+            "retrain_steps_per_epoch",
+            "retrain_deadline_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
         if self.retrain_after_enrollments < 0:
@@ -247,6 +263,12 @@ class Settings:
             raise ConfigError("FACERANK_ENROLL_FACES must be 'largest' or 'all'")
         if self.reconcile_interval < 0:
             raise ConfigError("FACERANK_RECONCILE_INTERVAL must not be negative")
+        if self.api_token and not _API_TOKEN.fullmatch(self.api_token):
+            # Never echo the value: a typo'd secret is still mostly the secret.
+            raise ConfigError(
+                "FACERANK_API_TOKEN must be 16 to 4096 printable ASCII characters without "
+                "spaces (it travels in an HTTP header; shorter ones can be guessed)"
+            )
         for name in ("min_face_size", "max_faces", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")

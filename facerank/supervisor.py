@@ -9,15 +9,17 @@ backoff, giving up on a crash loop), and stops them in reverse order on Ctrl-C o
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -138,6 +140,7 @@ class Supervisor:
             text=True,
             errors="replace",
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children
+            preexec_fn=_die_with_parent(),
         )
         with self._lock:
             self._processes[component.name] = process
@@ -159,6 +162,33 @@ class Supervisor:
         raise ComponentFailedError(
             f"{component.name} not ready after {component.ready_timeout_s:.0f}s"
         )
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """What a child runs before exec so that it gets SIGTERM when the supervisor dies.
+
+    Children run in sessions of their own (Ctrl-C must reach only the supervisor), so a
+    supervisor killed outright (SIGKILL, the OOM killer) would leave them running, holding
+    their ports and the data folder, and the next ``facerank up`` could not start. Linux's
+    parent-death signal makes each one drain and exit instead. It fires when the spawning
+    *thread* ends, which is why components are only ever spawned from the thread that runs
+    :meth:`Supervisor.start` and :meth:`Supervisor.watch`. Elsewhere: None, nothing to do.
+    """
+    if _LIBC is None:
+        return None
+    prctl, parent = _LIBC.prctl, os.getpid()
+
+    def request_signal() -> None:
+        # Only a resolved C call here: the child of a threaded process may run nothing else.
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the supervisor died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return request_signal
 
 
 def _healthy(url: str) -> bool:

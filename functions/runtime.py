@@ -7,18 +7,23 @@ Knative contracts these helpers keep in one place:
 * a retryable failure must be a 5xx (Knative retries 5xx, 404, 408, 409 and 429), a final one
   a 4xx, so the broker's delivery spec and dead-letter sink do their job;
 * the port comes from ``PORT`` (Knative injects it); that and serving itself (waitress,
-  SIGTERM means drain and exit) live in :mod:`facerank.serving`, shared with the broker.
+  SIGTERM means drain and exit) live in :mod:`facerank.serving`, shared with the broker;
+* with an API token configured, every request but the health check must present it (401
+  otherwise), checked before the body is read, so a stranger costs no parsing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from cloudevents.http import CloudEvent
-from flask import Flask, Request, Response, jsonify
+from flask import Flask, Request, Response, jsonify, request
 
+from facerank.auth import CHALLENGE, UnauthorizedError, require_token
 from facerank.cehttp import from_http, to_binary
 from facerank.errors import FacerankError
+from facerank.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +52,39 @@ def error_response(exc: FacerankError, status: int | None = None) -> tuple[Respo
     return jsonify(error={"code": exc.code, "message": str(exc)}), chosen
 
 
-def create_function_app(name: str) -> Flask:
-    """A Flask app with the limits and the health endpoint every function needs."""
+def create_function_app(
+    name: str, *, api_token: str | None = None, own_auth: Collection[str] = ()
+) -> Flask:
+    """A Flask app with the limits, the health endpoint and the API token every function needs.
+
+    ``api_token`` defaults to ``FACERANK_API_TOKEN`` (or the file ``FACERANK_API_TOKEN_FILE``
+    names), read from the environment where each function's entry point reads its settings:
+    so every function is guarded alike without handing the secret through each factory.
+    ``/healthz`` stays open (kubelet and ``facerank up`` probe it without credentials), and so
+    do the paths in ``own_auth``, which check a credential of their own (MinIO's webhook sends
+    its ``auth_token``, which is not ours to choose).
+    """
+    token = Settings.from_env().api_token if api_token is None else api_token
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = MAX_EVENT_BYTES
+    open_paths = frozenset({"/healthz", *own_auth})
+
+    @app.before_request
+    def check_token() -> None:
+        if request.path not in open_paths:
+            require_token(token, request.headers.get("Authorization"))
+
+    @app.errorhandler(UnauthorizedError)
+    def unauthorized(exc: UnauthorizedError) -> tuple[Response, int]:
+        log.info(
+            "refused %s %s from %s: no valid API token",
+            request.method,
+            request.path,
+            request.remote_addr,
+        )
+        response, status = error_response(exc, 401)
+        response.headers["WWW-Authenticate"] = CHALLENGE
+        return response, status
 
     @app.get("/healthz")
     def healthz() -> tuple[dict[str, str], int]:

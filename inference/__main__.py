@@ -9,11 +9,28 @@ from __future__ import annotations
 import logging
 
 from kserve import ModelServer
+from kserve.model_server import app as kserve_app
 
+from facerank.auth import BearerTokenMiddleware
 from facerank.serving import listen_port
 from facerank.settings import Settings
 from facerank.storage import open_store
-from inference.model import FacerankModel
+from inference.model import MODEL_NAME, FacerankModel
+
+OPEN_PATHS = frozenset(
+    {
+        "/",
+        "/metrics",
+        "/v1/models",
+        f"/v1/models/{MODEL_NAME}",
+        "/v2/health/live",
+        "/v2/health/ready",
+        f"/v2/models/{MODEL_NAME}/ready",
+    }
+)
+"""What GET and HEAD reach without the API token: liveness and readiness (kubelet, Knative's
+queue-proxy and ``facerank up`` probe them holding no secret) and Prometheus' scrape. They tell
+that the model is loaded and count requests; no face, identity or ranking is behind them."""
 
 
 def main() -> None:
@@ -28,6 +45,12 @@ def main() -> None:
         threshold=settings.match_threshold,
     )
     model.load()
+    if settings.api_token:
+        # KServe serves this module-level FastAPI app; a middleware added before start wraps
+        # every route it registers (predict, infer, model load/unload), present and future.
+        kserve_app.add_middleware(
+            BearerTokenMiddleware, token=settings.api_token, open_paths=OPEN_PATHS
+        )
     port = listen_port(settings.predictor_port)
     # One worker: the model and its refresher live in this process; gRPC is not offered yet.
     ModelServer(http_port=port, workers=1, enable_grpc=False).start([model])

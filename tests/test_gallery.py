@@ -145,6 +145,7 @@ def test_enroll_refuses_mismatched_inputs(gallery: Gallery) -> None:
         ("Mary  Ann", "Mary Ann"),
         ("O'Brien", "O'Brien"),
         ("李雷", "李雷"),
+        ("Dmitri Иванов", "Dmitri Иванов"),  # one script per word is a name, not a look-alike
     ],
 )
 def test_identity_names_are_normalised(name: str, canonical: str) -> None:
@@ -162,6 +163,7 @@ def test_identity_names_are_normalised(name: str, canonical: str) -> None:
         "x" * 65 + "/1.jpg",
         " /1.jpg",
         "alice/",
+        "\u0430lice/1.jpg",  # Cyrillic a in a Latin word: a look-alike of alice
     ],
 )
 def test_keys_without_a_usable_identity_are_refused(key: str) -> None:

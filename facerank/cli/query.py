@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from facerank.auth import authorization_header
 from facerank.cli.output import emit_json
 from facerank.errors import FacerankError
 from facerank.serving import loopback_url
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         image = args.image.read_bytes()
     except OSError as exc:
         raise PredictorError(f"cannot read {args.image}: {exc.strerror or exc}") from None
-    prediction = predict(base, image, args.top_k)
+    prediction = predict(base, image, args.top_k, api_token=settings.api_token)
     if args.json:
         emit_json(prediction)
     else:
@@ -58,14 +59,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def predict(base_url: str, image: bytes, top_k: int) -> dict[str, Any]:
-    """One V1 predict call; the first (only) prediction of the response."""
+def predict(base_url: str, image: bytes, top_k: int, *, api_token: str = "") -> dict[str, Any]:
+    """One V1 predict call, presenting ``api_token`` when set; the first (only) prediction."""
     body = {"instances": [{"image": {"b64": base64.b64encode(image).decode()}, "top_k": top_k}]}
     url = f"{base_url.rstrip('/')}/v1/models/{MODEL}:predict"
     request = urllib.request.Request(  # noqa: S310 - the user names the predictor URL
         url,
         data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **authorization_header(api_token)},
         method="POST",
     )
     try:

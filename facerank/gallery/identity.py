@@ -17,6 +17,10 @@ from facerank.errors import InvalidIdentityError
 MAX_IDENTITY_LENGTH = 64
 _ALLOWED_PUNCTUATION = frozenset(" -_.'")
 _SPACES = re.compile(r" {2,}")
+_LOOKALIKE_SCRIPTS = {"LATIN": "Latin", "GREEK": "Greek", "CYRILLIC": "Cyrillic"}
+"""Scripts sharing letter shapes (Latin ``a`` and Cyrillic U+0430, Latin ``o`` and Greek U+03BF):
+one word mixing them is how a look-alike of another identity is made, rarely how a name is
+written, so it is refused. Each word keeps to one script; words may differ (``Dmitri Иванов``)."""
 
 
 def normalise_identity(name: str) -> str:
@@ -39,6 +43,14 @@ def normalise_identity(name: str) -> str:
             raise InvalidIdentityError(
                 f"identity {shown} contains {char!r} (U+{ord(char):04X}); use letters, digits, "
                 "spaces and - _ . '"
+            )
+    for word in re.split(r"[ \-_.']+", canonical):
+        scripts = {_LOOKALIKE_SCRIPTS.get(unicodedata.name(c, "").partition(" ")[0]) for c in word}
+        scripts.discard(None)
+        if len(scripts) > 1:
+            raise InvalidIdentityError(
+                f"identity {shown} mixes {' and '.join(sorted(s for s in scripts if s))} "
+                "letters in one word, which can look the same as another name"
             )
     return canonical
 

@@ -187,6 +187,7 @@ class FolderStore:
             with _os_errors(bucket, key), self._open_object(bucket, key):
                 return True
         except ObjectNotFoundError:
+            self._forget(bucket, key)
             return False
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -277,6 +278,17 @@ class FolderStore:
             current = os.stat(name, dir_fd=chain[-1], follow_symlinks=False)
             if _fingerprint(current) == sidecar.fingerprint:
                 self._write_sidecar(bucket, key, sidecar)
+
+    def _forget(self, bucket: str, key: str) -> None:
+        """Drop the sidecar of a key whose file is gone: a photo deleted by hand (``rm``)
+        leaves its sidecar, which names the key, and a deleted photo must leave no trace.
+        Re-checked under the write lock, so a put of the same key in between is kept."""
+        with suppress(OSError, BucketNotFoundError), self._lock(bucket, key, exclusive=True):
+            try:
+                with self._open_object(bucket, key):
+                    return
+            except ObjectNotFoundError:
+                self._sidecar_path(bucket, key).unlink(missing_ok=True)
 
     # --- reading -------------------------------------------------------------------------
 

@@ -48,7 +48,8 @@ def create_app(
 ) -> Flask:
     """The source's Flask app: ``POST /minio``, ``POST /sns``, ``POST /`` (verdicts from the
     broker) and ``GET /healthz``."""
-    app = create_function_app("facerank-source")
+    # The push endpoints check the webhook token (MinIO and SNS cannot send the API token).
+    app = create_function_app("facerank-source", own_auth=("/minio", "/sns"))
     token = settings.webhook_token
     verdicts = rejected if rejected is not None else RejectedVersions()
 

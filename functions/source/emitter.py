@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+from facerank.auth import authorization_header
 from facerank.errors import ConfigError, InvalidKeyError
 from facerank.events import (
     ObjectChange,
@@ -119,6 +120,8 @@ class Emitter:
         self._source = bucket_source(settings, settings.faces_bucket)
         self._attempts = attempts
         self._backoff = backoff
+        # The sink may be a facerank function itself (no broker between): present the token.
+        self._headers = authorization_header(settings.api_token)
 
     def screen(self, bucket: str, key: str) -> Outcome | None:
         """Why a change to ``bucket/key`` must not be emitted, or None if it may be.
@@ -146,7 +149,9 @@ class Emitter:
         if refused is not None:
             return refused
         event = object_event(change.kind, self._source, change.data)
-        send_event(self.sink, event, attempts=self._attempts, backoff=self._backoff)
+        send_event(
+            self.sink, event, attempts=self._attempts, backoff=self._backoff, headers=self._headers
+        )
         log.info("emitted %s", describe(event))
         return Outcome.EMITTED
 

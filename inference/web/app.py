@@ -26,6 +26,7 @@ import cv2
 from flask import Flask, Request, Response, abort, jsonify, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from facerank.auth import authorization_header
 from facerank.errors import BucketNotFoundError, InvalidIdentityError, ObjectNotFoundError
 from facerank.gallery import Gallery
 from facerank.registry import ModelRegistry
@@ -104,7 +105,7 @@ def create_app(
     def query() -> tuple[Response, int]:
         try:
             image = _uploaded_image(request, settings.max_image_bytes, limit)
-            prediction = _predict(predict_url, image, timeout_s)
+            prediction = _predict(predict_url, image, timeout_s, settings.api_token)
         except QueryError as exc:
             return jsonify(error=str(exc)), exc.status
         return jsonify(_with_links(prediction)), 200
@@ -167,10 +168,11 @@ def _uploaded_image(req: Request, max_bytes: int, limit: str) -> bytes:
     return data
 
 
-def _predict(url: str, image: bytes, timeout_s: float) -> dict[str, Any]:
+def _predict(url: str, image: bytes, timeout_s: float, api_token: str) -> dict[str, Any]:
     """The predictor's V1 prediction for one image; :class:`QueryError` says what went wrong.
 
-    The predictor's own 400 message is passed on (it names the problem: ``not_an_image`` ...);
+    The page presents the API token (when set) server-side: the browser never holds it. The
+    predictor's own 400 message is passed on (it names the problem: ``not_an_image`` ...);
     an unreachable or slow predictor is a 503, so the page can say "try again later".
     """
     body = {"instances": [{"image": {"b64": base64.b64encode(image).decode()}, "top_k": TOP_K}]}
@@ -178,7 +180,7 @@ def _predict(url: str, image: bytes, timeout_s: float) -> dict[str, Any]:
     call = urllib.request.Request(  # noqa: S310
         url,
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **authorization_header(api_token)},
         method="POST",
     )
     try:
@@ -189,6 +191,13 @@ def _predict(url: str, image: bytes, timeout_s: float) -> dict[str, Any]:
         message = _error_text(exc.read())
         if exc.code == 400:
             raise QueryError(message, 400) from None
+        if exc.code == 401:
+            log.error("the predictor refused this page's API token (FACERANK_API_TOKEN)")
+            raise QueryError(
+                "The face search service refused this page's credentials; "
+                "its operator must set the same API token on both.",
+                502,
+            ) from None
         log.warning("predictor answered %s: %s", exc.code, message)
         raise QueryError(f"The predictor failed ({exc.code}): {message}", 502) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
