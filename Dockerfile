@@ -66,6 +66,8 @@ ENTRYPOINT ["python", "-m"]
 # --- the components: each adds its own package and its default entry point ----------------------
 FROM runtime AS functions
 COPY functions/ /app/functions/
+# The retrain function prepares runs (config, dataset export) with the training package.
+COPY training/ /app/training/
 RUN python -m compileall -q /app
 USER 10001:10001
 EXPOSE 8080

@@ -13,6 +13,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,14 @@ OBJECT_DELETED = f"{NAMESPACE}.object.deleted.v1"
 FACE_ENROLLED = f"{NAMESPACE}.face.enrolled.v1"
 FACE_REJECTED = f"{NAMESPACE}.face.rejected.v1"
 FACE_REMOVED = f"{NAMESPACE}.face.removed.v1"
+RETRAIN_REQUESTED = f"{NAMESPACE}.retrain.requested.v1"
+RETRAIN_REFUSED = f"{NAMESPACE}.retrain.refused.v1"
+RETRAIN_STARTED = f"{NAMESPACE}.retrain.started.v1"
+RETRAIN_FAILED = f"{NAMESPACE}.retrain.failed.v1"
+MODEL_TRAINED = f"{NAMESPACE}.model.trained.v1"
+MODEL_PROMOTED = f"{NAMESPACE}.model.promoted.v1"
+MODEL_REJECTED = f"{NAMESPACE}.model.rejected.v1"
+GALLERY_REINDEXED = f"{NAMESPACE}.gallery.reindexed.v1"
 
 JSON = "application/json"
 
@@ -118,6 +127,40 @@ def object_event(
         "datacontenttype": JSON,
     }
     return CloudEvent(attributes, data.to_json())
+
+
+def retrain_request(parameters: Mapping[str, Any], *, source: str) -> CloudEvent:
+    """A request for a training run. A new request is a new intention, so its id is fresh;
+    a redelivery of the same request keeps that id and so names the same run."""
+    attributes = {
+        "type": RETRAIN_REQUESTED,
+        "source": source,
+        "id": uuid.uuid4().hex,
+        "time": datetime.now(UTC).isoformat(),
+        "datacontenttype": JSON,
+    }
+    return CloudEvent(attributes, dict(parameters))
+
+
+def run_id_of(request: CloudEvent) -> str:
+    """The training run a retrain request starts: a DNS label (it names Kubernetes objects),
+    readable by its start time, unique by the request's id, the same for every redelivery."""
+    stamp = datetime.fromisoformat(request["time"]) if request.get("time") else None
+    prefix = f"{stamp:%Y%m%d-%H%M%S}-" if stamp is not None else "run-"
+    return prefix + hashlib.sha256(str(request["id"]).encode()).hexdigest()[:6]
+
+
+def run_event(type_: str, run_id: str, data: Mapping[str, Any], *, source: str) -> CloudEvent:
+    """An event about training run ``run_id``: one id per (type, run), subject the run."""
+    attributes = {
+        "type": type_,
+        "source": source,
+        "id": hashlib.sha256(f"{type_}\0{run_id}".encode()).hexdigest()[:32],
+        "subject": run_id,
+        "time": datetime.now(UTC).isoformat(),
+        "datacontenttype": JSON,
+    }
+    return CloudEvent(attributes, {"run_id": run_id, **data})
 
 
 def reply_event(

@@ -26,23 +26,10 @@ from facerank.evaluation.report import markdown, report_json, write_report
 from facerank.evaluation.run import EvaluationRun, evaluate
 from facerank.faces import DLIB_CHIP_150, HaarFaceDetector
 from facerank.settings import Settings
-from tests.plugins.faces import encode, labelled_chips, variant
+from tests.plugins.faces import DETECTABLE_FACES, encode, face_shot, labelled_chips
 
-DETECTABLE_FACES = (0, 1, 3, 5, 6, 7, 8, 10)
-"""``lfw_subset`` faces Haar finds in every generated shot (checked once over 8 shots each)."""
 SETTINGS = Settings.from_env({})
 """Default settings (tests start with an empty model cache: see tests/plugins/pretrained.py)."""
-
-
-def face_shot(face: np.ndarray, rng: np.random.Generator, *, flip: bool) -> np.ndarray:
-    """A 25 px LFW face upscaled on a grey canvas, re-shot (rotation, exposure, noise), cropped
-    at a random offset and optionally mirrored."""
-    canvas = np.full((280, 280), 128, np.uint8)
-    canvas[40:240, 40:240] = cv2.resize(face, (200, 200), interpolation=cv2.INTER_CUBIC)
-    shot = variant(np.repeat(canvas[..., None], 3, axis=2), rng)
-    top, left = rng.integers(0, 20, 2)
-    shot = shot[top : top + 260, left : left + 260]
-    return np.ascontiguousarray(shot[:, ::-1] if flip else shot)
 
 
 def write_face_dataset(

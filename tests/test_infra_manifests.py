@@ -97,7 +97,7 @@ def test_core_kinds_validate_strictly(item: tuple[str, Document], version: str) 
 
 needs_schemas = pytest.mark.skipif(
     not (SCHEMAS / "serving.knative.dev_Service_v1.json").is_file(),
-    reason=f"CRD schemas not found in {SCHEMAS} (../shared absent; set FACERANK_SHARED_DIR)",
+    reason=f"CRD schemas not found in {SCHEMAS} (../shared absent; set FACERANK_TEST_SHARED)",
 )
 
 
@@ -152,13 +152,18 @@ def test_eventing_references_resolve(overlay: str) -> None:
         assert trigger["spec"]["subscriber"]["ref"]["name"] in services, identify(trigger)
     broker = get(documents, "Broker", "facerank")
     assert broker["spec"]["delivery"]["deadLetterSink"]["ref"]["name"] in services
-    (binding,) = (d for d in documents if d["kind"] == "SinkBinding")
-    assert binding["spec"]["subject"]["name"] in services
-    assert binding["spec"]["sink"]["ref"] == {
-        "apiVersion": "eventing.knative.dev/v1",
-        "kind": "Broker",
-        "name": "facerank",
+    bindings = [d for d in documents if d["kind"] == "SinkBinding"]
+    assert {b["spec"]["subject"]["name"] for b in bindings} == {
+        "facerank-source",
+        "facerank-retrain",
     }
+    for binding in bindings:
+        assert binding["spec"]["subject"]["name"] in services
+        assert binding["spec"]["sink"]["ref"] == {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Broker",
+            "name": "facerank",
+        }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

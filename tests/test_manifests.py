@@ -22,7 +22,14 @@ from jsonschema import Draft7Validator
 from facerank.broker import DeliverySpec, ManifestError, TriggerSpec, load_eventing, parse_duration
 from facerank.cehttp import filter_attributes
 from facerank.errors import ConfigError
-from facerank.events import FACE_ENROLLED, FACE_REJECTED, OBJECT_CREATED, OBJECT_DELETED
+from facerank.events import (
+    FACE_ENROLLED,
+    FACE_REJECTED,
+    MODEL_PROMOTED,
+    OBJECT_CREATED,
+    OBJECT_DELETED,
+    RETRAIN_REQUESTED,
+)
 from tests.plugins.schemas import SCHEMAS, custom_resource_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +37,7 @@ EVENTING = ROOT / "infra" / "base" / "eventing"
 
 needs_schemas = pytest.mark.skipif(
     not (SCHEMAS / "eventing.knative.dev_Broker_v1.json").is_file(),
-    reason=f"Knative CRD schemas not found in {SCHEMAS} (set FACERANK_SHARED_DIR)",
+    reason=f"Knative CRD schemas not found in {SCHEMAS} (set FACERANK_TEST_SHARED)",
 )
 
 
@@ -54,6 +61,8 @@ def test_real_manifests_parse() -> None:
         "enroll-on-object-created",
         "enroll-on-object-deleted",
         "source-on-face-rejected",
+        "retrain-on-requested",
+        "retrain-on-face-enrolled",
     }
 
 
@@ -67,8 +76,10 @@ def test_real_backoff_matches_the_comment_in_broker_yaml() -> None:
     [
         (OBJECT_CREATED, ["facerank-enroll"]),
         (OBJECT_DELETED, ["facerank-enroll"]),
-        (FACE_ENROLLED, []),
+        (FACE_ENROLLED, ["facerank-retrain"]),
         (FACE_REJECTED, ["facerank-source"]),
+        (RETRAIN_REQUESTED, ["facerank-retrain"]),
+        (MODEL_PROMOTED, []),
     ],
 )
 def test_real_triggers_route_events_to_their_subscribers(

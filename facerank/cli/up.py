@@ -44,7 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def embedded_components(settings: Settings) -> list[Component]:
     """The processes of the embedded default, in start order, wired like the cluster."""
     enroll = Component("enroll", "functions.enroll", settings.enroll_port)
-    source_url = loopback_url(settings.source_port)  # the source starts last: no Component yet
+    # The source and retrain start after the broker (they send to it): no Components yet.
+    source_url = loopback_url(settings.source_port)
+    retrain_url = loopback_url(settings.retrain_port)
     broker = Component(
         "broker",
         "facerank.broker",
@@ -52,8 +54,11 @@ def embedded_components(settings: Settings) -> list[Component]:
         # The Triggers name Knative Services; locally each name maps to a loopback URL.
         env={
             "FACERANK_BROKER_SUBSCRIBERS": f"facerank-enroll={enroll.url},"
-            f"facerank-source={source_url}"
+            f"facerank-source={source_url},facerank-retrain={retrain_url}"
         },
+    )
+    retrain = Component(
+        "retrain", "functions.retrain", settings.retrain_port, env={"K_SINK": broker.url + "/"}
     )
     source = Component(
         "source", "functions.source", settings.source_port, env={"K_SINK": broker.url + "/"}
@@ -66,7 +71,7 @@ def embedded_components(settings: Settings) -> list[Component]:
     )
     # After the predictor: the page forwards queries to it (at its settings port, by default).
     web = Component("web", "inference.web", settings.web_port)
-    return [enroll, broker, source, predictor, web]
+    return [enroll, broker, retrain, source, predictor, web]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

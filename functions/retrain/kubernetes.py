@@ -38,6 +38,9 @@ NAME_PREFIX = "facerank-train-"
 TRAIN_PORT = 2222
 """The workers' gRPC port (``FACERANK_TRAIN_PORT`` in the PodTemplate)."""
 
+EXIT_PERMANENT = 2
+"""``training.worker``'s exit status for a failure no retry can mend."""
+
 RETRIES_PER_WORKER = 2
 """A worker pod that fails is replaced this often; then the whole run fails at once
 (``maxFailedIndexes: 0``): MultiWorkerMirroredStrategy cannot finish without every worker."""
@@ -156,6 +159,15 @@ def job_for_run(
             "maxFailedIndexes": 0,
             "activeDeadlineSeconds": deadline_s,
             "ttlSecondsAfterFinished": FINISHED_TTL_S,
+            # Exit 2 is the worker's permanent failure (bad config or data): never retried.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"operator": "In", "values": [EXIT_PERMANENT]},
+                    }
+                ]
+            },
             "template": {"metadata": pod_metadata, "spec": spec},
         },
     }

@@ -82,3 +82,18 @@ def paste_faces(astronaut: np.ndarray, scales: list[float], canvas: tuple[int, i
         out[10 : 10 + ph, left : left + pw] = piece
         left += pw + 10
     return out
+
+
+DETECTABLE_FACES = (0, 1, 3, 5, 6, 7, 8, 10)
+"""``lfw_subset`` faces Haar finds in every generated shot (checked once over 8 shots each)."""
+
+
+def face_shot(face: np.ndarray, rng: np.random.Generator, *, flip: bool) -> np.ndarray:
+    """A 25 px LFW face upscaled on a grey canvas, re-shot (rotation, exposure, noise), cropped
+    at a random offset and optionally mirrored."""
+    canvas = np.full((280, 280), 128, np.uint8)
+    canvas[40:240, 40:240] = cv2.resize(face, (200, 200), interpolation=cv2.INTER_CUBIC)
+    shot = variant(np.repeat(canvas[..., None], 3, axis=2), rng)
+    top, left = rng.integers(0, 20, 2)
+    shot = shot[top : top + 260, left : left + 260]
+    return np.ascontiguousarray(shot[:, ::-1] if flip else shot)

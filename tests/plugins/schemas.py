@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def _schemas_dir() -> Path:
-    """``$FACERANK_SHARED_DIR`` (the shared folder or its ``schemas``), else ``../shared``."""
-    shared = Path(os.environ.get("FACERANK_SHARED_DIR") or ROOT.parent / "shared")
+    """``$FACERANK_TEST_SHARED`` (the shared folder or its ``schemas``), else ``../shared``."""
+    shared = Path(os.environ.get("FACERANK_TEST_SHARED") or ROOT.parent / "shared")
     return shared / "schemas" if (shared / "schemas").is_dir() else shared
 
 
