@@ -10,6 +10,7 @@ path (the gate's comparisons have their own tests on real metrics).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -44,6 +45,7 @@ from functions.retrain.handler import RetrainHandler
 from functions.retrain.orchestrator import RunOrchestrator
 from functions.retrain.request import RetrainRequest
 from functions.retrain.training_run import SharedVolumeTrainer
+from tests.plugins.cli import run_facerank
 from tests.plugins.enroller import Enroller
 from tests.plugins.faces import DETECTABLE_FACES, face_shot, labelled_chips
 from tests.plugins.http import serving
@@ -232,3 +234,24 @@ def test_a_model_that_is_not_better_is_rejected_and_nothing_switches(
     again, reply = service.request(workers=1)
     assert reply["type"] == RETRAIN_STARTED
     assert service.wait_for_run(again)["status"] == "rejected"
+
+
+@pytest.mark.slow
+def test_facerank_retrain_waits_for_the_decision_and_models_lists_it(
+    retrain: Callable[..., Retrain], tmp_path: Path
+) -> None:
+    """The CLI as an operator runs it: request, follow the run, then list the versions."""
+    service = retrain(promotion_margin=1.0)
+    result = run_facerank(
+        "retrain", "--workers", "1", "--wait", "--broker-url", service.url, data_dir=tmp_path
+    )
+    assert "retrain requested: run " in result.stdout
+    assert ": rejected: not better by more than the margin" in result.stdout
+
+    listing = json.loads(run_facerank("models", "--json", data_dir=tmp_path).stdout)
+    assert listing["active"] == "lbp-v0"
+    [run] = listing["runs"]
+    assert (run["status"], run["steps_done"], run["steps_total"]) == ("rejected", 4, 4)
+    [trained] = [m for m in listing["models"] if m["version"] == run["model_version"]]
+    assert trained["decision"] == "rejected"
+    assert trained["metrics"]["rank1"] >= 0
