@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -135,6 +136,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--warmup", type=int, default=50, help="ArcFace head-only warm-up steps (ArcFace losses)"
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="copy each fine-tuned export to KEEP/<loss>, e.g. for `facerank eval --embedder`",
+    )
     args = parser.parse_args(argv)
     if not ATT.is_dir():
         raise SystemExit(f"{ATT} is missing: this experiment needs the AT&T faces there")
@@ -179,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for loss in args.losses.split(","):
             print(f"fine-tuning with {loss}:", flush=True)
             export_dir, training = fine_tune(shared, loss, data, train, args)
+            if args.keep is not None:
+                shutil.copytree(export_dir, args.keep / loss)
             scores = evaluate(load_embedder(str(export_dir)), data, sets)
             results["fine_tuned"][loss] = {"training": training, **scores}
     report(results)
