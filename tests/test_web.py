@@ -9,9 +9,11 @@ Chromium is installed, in a headless browser that uploads a photo and reads the 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -198,9 +200,10 @@ def test_browser_queries_and_browses(
             page.goto(web)
             page.set_input_files("#image", str(photo))
             page.wait_for_selector("#boxes .box", timeout=30_000)
-            page.wait_for_function(
+            wait_until_true(
+                page,
                 "[...document.querySelectorAll('#faces img')]"
-                ".every(i => i.complete && i.naturalWidth > 0)"
+                ".every(i => i.complete && i.naturalWidth > 0)",
             )
             box = page.locator("#boxes .box").first.bounding_box()
             shown = page.locator("#photo").bounding_box()
@@ -220,11 +223,22 @@ def test_browser_queries_and_browses(
 
             page.get_by_role("link", name="Identities").click()
             page.get_by_role("link", name="astronaut").click()
-            page.wait_for_function(
-                "document.querySelector('.gallery img')?.naturalWidth > 0", timeout=10_000
-            )
+            wait_until_true(page, "document.querySelector('.gallery img')?.naturalWidth > 0")
             assert page.locator("h1").text_content() == "astronaut"
             page.screenshot(path=ARTIFACTS / "web-identity.png", full_page=True)
             assert problems == []
         finally:
             browser.close()
+
+
+def wait_until_true(page: Any, expression: str, timeout_s: float = 30.0) -> None:
+    """Poll ``expression`` from the test, one evaluation at a time.
+
+    Not ``page.wait_for_function``: its in-page poller evaluates the predicate with ``eval``,
+    which the page's Content-Security-Policy (rightly) forbids, so it fails whenever the
+    condition is not already true at the first try.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout_s} s: {expression}"
+        time.sleep(0.1)
