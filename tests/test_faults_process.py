@@ -24,20 +24,15 @@ import psutil
 import pytest
 import requests
 
-from facerank.embedding import LbpEmbedder
-from facerank.embedding.savedmodel import SavedModelEmbedder
-from facerank.faces.align import ARCFACE_CHIP_112
 from facerank.gallery import Gallery
-from facerank.pipeline import FacePipeline
 from facerank.registry import ModelRef
 from facerank.reindex import reindex
-from facerank.settings import Settings
 from facerank.storage import FolderStore
 from facerank.supervisor import Component, Supervisor
-from tests.plugins.enroller import Enroller, lfw_photo
-from tests.plugins.faces import encode, variant
+from tests.plugins.enroller import lfw_photo
+from tests.plugins.faces import encode
 from tests.plugins.http import free_port
-from tests.plugins.models import export_tiny_model
+from tests.plugins.models import switch_scene
 from tests.test_up import Up, drop
 
 pytestmark = pytest.mark.slow
@@ -86,24 +81,10 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
     tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
 ) -> None:
     pytest.importorskip("tensorflow")
-    settings = Settings(data_dir=tmp_path, model=OLD)
-    enroller = Enroller(settings)
-    enroller.add("astronaut/eileen.jpg", astronaut)
-    for i in range(4):
-        enroller.add(f"lfw-{i}/1.jpg", lfw_photo(lfw_faces, i))
-    assert settings.shared_dir is not None
-    export_tiny_model(settings.shared_dir / "models" / NEW, version=NEW, chip=ARCFACE_CHIP_112)
-    new_model = SavedModelEmbedder(settings.shared_dir / "models" / NEW)
+    scene = switch_scene(tmp_path, astronaut, lfw_faces, new_version=NEW)
+    enroller, new_model, query = scene.enroller, scene.new_model, scene.query
     gallery, registry = enroller.handler.gallery, enroller.handler.models.registry
-    query = encode(variant(astronaut[:400, 60:460], np.random.default_rng(5)), "JPEG", quality=90)
-    expected = {
-        version: FacePipeline.from_settings(settings, embedder)
-        for version, embedder in ((OLD, LbpEmbedder()), (NEW, new_model))
-    }
-    vectors = {
-        version: pipeline.embed(pipeline.analyze(pipeline.decode(query).pixels).faces)[0]
-        for version, pipeline in expected.items()
-    }
+    vectors = scene.query_vectors
 
     port = free_port()
     predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")

@@ -21,18 +21,12 @@ import numpy as np
 import pytest
 import requests
 
-from facerank.embedding import LbpEmbedder
-from facerank.embedding.savedmodel import SavedModelEmbedder
-from facerank.faces.align import ARCFACE_CHIP_112
-from facerank.pipeline import FacePipeline
 from facerank.registry import ModelRef
 from facerank.reindex import reindex
-from facerank.settings import Settings
 from facerank.supervisor import Component, Supervisor
-from tests.plugins.enroller import Enroller, lfw_photo
-from tests.plugins.faces import encode, variant
+from tests.plugins.enroller import lfw_photo
 from tests.plugins.http import free_port
-from tests.plugins.models import export_tiny_model
+from tests.plugins.models import switch_scene
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("tensorflow")
@@ -88,26 +82,9 @@ class Clients:
 def test_switch_under_load_never_answers_from_a_mixed_state(
     tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
 ) -> None:
-    settings = Settings(data_dir=tmp_path, model=OLD)
-    enroller = Enroller(settings)
-    enroller.add("astronaut/eileen.jpg", astronaut)
-    for i in range(4):
-        enroller.add(f"lfw-{i}/1.jpg", lfw_photo(lfw_faces, i))
-    assert settings.shared_dir is not None
-    new_dir = settings.shared_dir / "models" / NEW
-    export_tiny_model(new_dir, version=NEW, chip=ARCFACE_CHIP_112)
-    new_model = SavedModelEmbedder(new_dir)
+    scene = switch_scene(tmp_path, astronaut, lfw_faces, new_version=NEW)
+    enroller, new_model, query = scene.enroller, scene.new_model, scene.query
     gallery, registry = enroller.handler.gallery, enroller.handler.models.registry
-
-    query = encode(variant(astronaut[:400, 60:460], np.random.default_rng(5)), "JPEG", quality=90)
-    local = {
-        OLD: FacePipeline.from_settings(settings, LbpEmbedder()),
-        NEW: FacePipeline.from_settings(settings, new_model),
-    }
-    query_vectors = {
-        version: pipeline.embed(pipeline.analyze(pipeline.decode(query).pixels).faces)[0]
-        for version, pipeline in local.items()
-    }
 
     port = free_port()
     env = {"FACERANK_DATA_DIR": str(tmp_path), "FACERANK_GALLERY_REFRESH_S": "0.2"}
@@ -137,7 +114,7 @@ def test_switch_under_load_never_answers_from_a_mixed_state(
             assert {m["identity"] for m in face["matches"]} >= ENROLLED_FIRST  # a whole gallery
             for match in face["matches"]:
                 stored = gallery.embedding(match["face_id"], version)
-                expected = float(np.linalg.norm(query_vectors[version] - stored))
+                expected = float(np.linalg.norm(scene.query_vectors[version] - stored))
                 assert match["distance"] == pytest.approx(expected, abs=1e-4)
                 checked += 1
     assert checked > 0
