@@ -159,11 +159,16 @@ class Gallery:
 
     def record(self, bucket: str, key: str) -> SourceRecord | None:
         """The record of one source photo, or None (also for keys naming no valid identity)."""
+        stored = self.stored_record(bucket, key)
+        return None if stored is None else stored.record
+
+    def stored_record(self, bucket: str, key: str) -> StoredRecord | None:
+        """:meth:`record` with the ETag read, for a conditional write over it."""
         try:
             identity = identity_from_key(key)
         except InvalidIdentityError:
             return None
-        return self._read_record(record_key(identity, source_id(bucket, key)))
+        return self.read_record(record_key(identity, source_id(bucket, key)))
 
     def records(self, identity: str | None = None) -> Iterator[SourceRecord]:
         """Every record, or those of one identity, in key order."""

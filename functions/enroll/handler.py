@@ -50,7 +50,6 @@ from facerank.events import (
 from facerank.faces import HaarFaceDetector
 from facerank.faces.align import GALLERY_CROP_256
 from facerank.gallery import EnrolledFace, Gallery, SourceRecord, face_id, identity_from_key
-from facerank.gallery.gallery import record_key
 from facerank.pipeline import (
     Face,
     FacePipeline,
@@ -73,7 +72,8 @@ SMALLEST_DETECTABLE = 24
 Verdict = Literal["enrolled", "rejected", "removed", "skipped"]
 
 COMPLETION_ATTEMPTS = 5
-"""Rounds of adding missing model versions to one record before leaving it to re-indexing."""
+"""Rounds of reading a record and adding one missing model version to it (a switch serves two
+versions at most) before leaving it to re-indexing."""
 
 REJECTIONS = (InvalidImageError, NoFaceError)
 """Errors that are the photo's fault: answered with a rejection, never retried."""
@@ -180,19 +180,13 @@ class EnrollHandler:
         """
         _, embedders = self.models.current()
         for _ in range(COMPLETION_ATTEMPTS):
-            record = self.gallery.record(data.bucket, data.key)
-            if record is None:
+            stored = self.gallery.stored_record(data.bucket, data.key)
+            if stored is None or stored.record is None:
                 return
-            missing = [v for v in embedders if v not in record.model_versions]
+            missing = [v for v in embedders if v not in stored.record.model_versions]
             if not missing:
                 return
-            stored = self.gallery.read_record(record_key(record.identity, record.source_id))
-            if stored is None:
-                return
-            for version in missing:
-                if not add_version(self.gallery, stored, embedders[version]):
-                    break
-                stored = self.gallery.read_record(stored.key) or stored
+            add_version(self.gallery, stored, embedders[missing[0]])
         log.warning("%s/%s still lacks a served model version", data.bucket, data.key)
 
     def _analyze(
