@@ -26,10 +26,11 @@ from facerank.cli.output import progress as progress_bar
 from facerank.errors import FacerankError
 from facerank.evaluation.dataset import load_dataset
 from facerank.faces.align import GALLERY_CROP_256, ChipSpec, rechip
+from facerank.files import atomic_writer
 from facerank.gallery import Gallery
 from facerank.pipeline import FacePipeline, ordered_map
 from training.errors import TrainingDataError
-from training.rundir import RunDir, atomic_writer, write_json
+from training.rundir import SHARED_MODE, RunDir, write_json
 
 FORMAT = "facerank.training.dataset/v1"
 CHIPS_NAME = "chips.npy"
@@ -185,7 +186,7 @@ def _write(run: RunDir, chip: ChipSpec, items: Iterable[_Chip | Skip]) -> list[S
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_writer(path) as handle:
+    with atomic_writer(path, mode=SHARED_MODE) as handle:
         np.save(handle, array)
 
 

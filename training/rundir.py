@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from facerank.files import atomic_writer
 from training.config import TrainConfig
 from training.errors import RunNotFoundError
+
+SHARED_MODE = 0o644
+"""Run files are read by the other workers' pods, which may run as other users."""
 
 RUNS = "runs"
 CONFIG_NAME = "config.json"
@@ -35,26 +36,8 @@ PROGRESS_NAME = "progress.jsonl"
 RESULT_NAME = "result.json"
 
 
-@contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """A binary handle whose bytes replace ``path`` in one rename once the block succeeds
-    and they are on disk; on an error ``path`` is left as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide it from other pods
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_atomic(path: Path, data: bytes) -> None:
-    with atomic_writer(path) as handle:
+    with atomic_writer(path, mode=SHARED_MODE) as handle:
         handle.write(data)
 
 

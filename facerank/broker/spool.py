@@ -18,15 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from facerank.files import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -130,19 +130,5 @@ def _file_stem(event_id: str) -> str:
 
 
 def _write_atomically(path: Path, document: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(json.dumps(document, ensure_ascii=False, indent=1).encode())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself must survive a power cut
-    finally:
-        os.close(folder)
+    with atomic_writer(path, temp_prefix=_TEMP_PREFIX) as file:
+        file.write(json.dumps(document, ensure_ascii=False, indent=1).encode())

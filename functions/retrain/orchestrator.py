@@ -128,14 +128,15 @@ class RunOrchestrator:
         try:
             self.registry.store.put(self.registry.bucket, LOCK_KEY, body, if_none_match=True)
         except PreconditionFailedError:
-            holder = self._lock_holder()
+            holder = self.held_run()
             if holder == run_id:
                 return False
             raise RunRefusedError(f"run {holder} is in progress; one run at a time") from None
         self._record(run_id, status="requested", request=request.to_json(), steps_done=0)
         return True
 
-    def _lock_holder(self) -> str | None:
+    def held_run(self) -> str | None:
+        """The run holding the lock, if any (to refuse others, or resume after a restart)."""
         try:
             data = json.loads(self.registry.store.get(self.registry.bucket, LOCK_KEY).data)
         except (ObjectNotFoundError, ValueError):
@@ -143,12 +144,8 @@ class RunOrchestrator:
         return str(data.get("run_id")) if isinstance(data, dict) else None
 
     def _release(self, run_id: str) -> None:
-        if self._lock_holder() == run_id:
+        if self.held_run() == run_id:
             self.registry.store.delete(self.registry.bucket, LOCK_KEY)
-
-    def held_run(self) -> str | None:
-        """The run holding the lock, if any (to resume after a restart)."""
-        return self._lock_holder()
 
     # --- a run ------------------------------------------------------------------------------
 
