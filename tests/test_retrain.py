@@ -255,3 +255,10 @@ def test_facerank_retrain_waits_for_the_decision_and_models_lists_it(
     [trained] = [m for m in listing["models"] if m["version"] == run["model_version"]]
     assert trained["decision"] == "rejected"
     assert trained["metrics"]["rank1"] >= 0
+
+    table = run_facerank("models", data_dir=tmp_path).stdout
+    [row] = [line for line in table.splitlines() if line.startswith(f" {run['model_version']} ")]
+    tar = next(p["tar"] for p in trained["metrics"]["tar_at_far"] if p["far_target"] == 1e-3)
+    assert f"{trained['metrics']['rank1']:.3f}" in row
+    assert f"{tar:.3f}" in row
+    assert "rejected" in row

@@ -117,7 +117,7 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
         marker = "*" if model["active"] else " "
         print(
             f"{marker}{model['version']:<27} {model['where']:<10} "
-            f"{_figure(metrics.get('rank1')):>7} {_figure(metrics.get('tar_at_far_1e-3')):>9}  "
+            f"{_figure(metrics.get('rank1')):>7} {_figure(_tar_at(metrics, 1e-3)):>9}  "
             f"{model.get('decision', '')} {model.get('reason', '')}".rstrip()
         )
     for run in listing["runs"]:
@@ -184,6 +184,12 @@ def describe_models(registry: ModelRegistry, settings: Settings) -> dict[str, An
         "models": models,
         "runs": list(registry.runs()),
     }
+
+
+def _tar_at(metrics: dict[str, Any], far: float) -> object:
+    """TAR at ``far`` from a ``Metrics.to_json()`` object; None if it was not measured."""
+    points = metrics.get("tar_at_far") or []
+    return next((p.get("tar") for p in points if p.get("far_target") == far), None)
 
 
 def _figure(value: object) -> str:
