@@ -149,7 +149,8 @@ class FacePipeline:
         return self.embedder.embed(np.stack([f.aligned.chip for f in faces]))
 
 
-def detector_from_settings(settings: Settings) -> HaarFaceDetector:
+def detector_from_settings(settings: Settings) -> FaceDetector:
+    """The detector ``settings.detector`` names, configured by the detection settings."""
     return HaarFaceDetector(
         min_face_size=settings.min_face_size,
         max_faces=settings.max_faces,

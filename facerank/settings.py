@@ -21,6 +21,7 @@ from facerank.errors import ConfigError
 
 StoreKind = Literal["folder", "s3"]
 AlignKind = Literal["landmarks", "eyes", "box"]
+DetectorKind = Literal["ssd", "haar"]
 EnrollFaces = Literal["largest", "all"]
 TrainingBackend = Literal["local", "kubernetes"]
 
@@ -120,6 +121,10 @@ class Settings:
 
     eventing_dir: Path = field(default_factory=lambda: _REPO_ROOT / "infra" / "base" / "eventing")
     """Knative Broker and Trigger manifests; the local broker routes by the same files."""
+
+    detector: DetectorKind = "haar"
+    """Face detector: ``ssd`` (face-api's SSD MobileNet v1, converted by ``facerank models
+    fetch``) or ``haar`` (OpenCV's cascade, no weights needed)."""
 
     min_face_size: int = 40
     """Smallest face side, in pixels of the original image, that detection reports."""
@@ -235,6 +240,8 @@ class Settings:
             raise ConfigError(
                 f"FACERANK_ALIGN must be 'landmarks', 'eyes' or 'box', not {self.align!r}"
             )
+        if self.detector not in ("ssd", "haar"):
+            raise ConfigError(f"FACERANK_DETECTOR must be 'ssd' or 'haar', not {self.detector!r}")
         if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
             raise ConfigError("FACERANK_S3_ENDPOINT must start with http:// or https://")
         if self.match_threshold is not None and not 0.0 < self.match_threshold <= 2.0:
