@@ -87,6 +87,7 @@ def test_job_is_an_indexed_job_of_the_trainer_pods(trainer_template: dict[str, A
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "facerank-train-r1"
     assert pod["restartPolicy"] == "Never"
+    assert pod["enableServiceLinks"] is False, "links would clash with FACERANK_* settings"
     template_pod = trainer_template["template"]["spec"]
     for field in ("serviceAccountName", "securityContext", "volumes"):
         assert pod[field] == template_pod[field]

@@ -193,6 +193,17 @@ def test_pod_references_resolve(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_outside_knative_get_no_service_links(overlay: str) -> None:
+    """The kubelet would inject ``<SERVICE>_PORT=tcp://...`` for every Service of the
+    namespace, and ``facerank-web`` becomes ``FACERANK_WEB_PORT``, a setting Settings then
+    refuses. Knative's and KServe's pods get none by default; every other pod must say so."""
+    for pod in pods(rendered(overlay)):
+        if pod.where.startswith(("Service/", "InferenceService/")):
+            continue
+        assert pod.spec.get("enableServiceLinks") is False, pod.where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_claims_name_existing_storage_classes(overlay: str) -> None:
     documents = rendered(overlay)
     classes = names(documents, "StorageClass")

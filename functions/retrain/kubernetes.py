@@ -134,6 +134,9 @@ def job_for_run(
     spec = copy.deepcopy(dict(pod_template["spec"]))
     spec["subdomain"] = name  # with the headless Service: <job>-<index>.<service> resolves
     spec["restartPolicy"] = "Never"  # required by backoffLimitPerIndex
+    # Service links would put FACERANK_<SERVICE>_PORT=tcp://... beside the settings of the same
+    # names, and Settings refuses them: whatever the template says, a worker gets none.
+    spec["enableServiceLinks"] = False
     run_env = [
         {"name": "FACERANK_TRAIN_JOB", "value": name},
         {"name": "FACERANK_TRAIN_SERVICE", "value": name},

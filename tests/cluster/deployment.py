@@ -8,6 +8,7 @@ fails when any pod exited, any MinIO notification or training worker failed.
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import sys
@@ -65,6 +66,8 @@ class Deployment:
     _services: list[dict[str, Any]] = field(default_factory=list)
     _master_env: dict[str, str] = field(default_factory=dict)
     _worker_ports: dict[str, int] = field(default_factory=dict)
+    _views: dict[str, str] = field(default_factory=dict)
+    """View folder -> the mount path it stands for, in every pod."""
 
     # --- what tests use -----------------------------------------------------------------------
 
@@ -308,6 +311,7 @@ class Deployment:
             view = folder / "mounts" / "rootfs-tmp"
             view.mkdir(parents=True)
             mounts.mounts.append(Mount("/tmp", view, rootfs, read_only))
+        self._views.update((str(m.view), m.path) for m in mounts.mounts)
         if self._automounts_token(workload.spec):
             token = folder / "serviceaccount"
             token.mkdir()
@@ -389,7 +393,11 @@ class Deployment:
         """Pod ``index`` of an Indexed Job the retrain function created."""
         template = job["spec"]["template"]
         name = job["metadata"]["name"]
-        spec = template["spec"]
+        spec = copy.deepcopy(template["spec"])
+        for container in spec["containers"]:
+            for variable in container.get("env", []):
+                if "value" in variable:
+                    variable["value"] = self._pod_path(variable["value"])
         hostname = f"{name}-{index}"
         annotation = {COMPLETION_INDEX: str(index)}
         labels = {
@@ -420,6 +428,14 @@ class Deployment:
             pod.env["TF_CONFIG"] = tf_config
         pod.start()
         return pod
+
+    def _pod_path(self, value: str) -> str:
+        """A path the retrain pod sent, as it would read in the cluster: the harness gave it
+        the view folder of its mount, the cluster gives ``/shared/...``."""
+        for view, path in self._views.items():
+            if value == view or value.startswith(view + "/"):
+                return path + value[len(view) :]
+        return value
 
     def _await_service(self, name: str, deadline_s: float = 30) -> None:
         """Until the run's headless Service exists (the retrain function creates it just after

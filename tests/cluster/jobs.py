@@ -112,7 +112,7 @@ class JobController:
         retries = spec.get("backoffLimitPerIndex", 0)
         failed_tries = dict.fromkeys(range(completions), 0)
         running = {i: self.start_pod(job, i) for i in range(completions)}
-        self.pods[name] = running
+        self.pods[name] = dict(running)
         succeeded: set[int] = set()
         status: dict[str, Any] = {"active": completions, "ready": 0, "succeeded": 0, "failed": 0}
         job["status"] = status

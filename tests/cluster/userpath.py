@@ -129,8 +129,10 @@ def query_web(deployment: Deployment, photo: Path) -> dict:
 
 
 def top_identity(prediction: dict) -> str:
-    [first] = prediction["predictions"]
-    return first["faces"][0]["matches"][0]["identity"]
+    """The first match of the largest face, in a V1 reply or one prediction of it."""
+    if "predictions" in prediction:
+        [prediction] = prediction["predictions"]
+    return prediction["faces"][0]["matches"][0]["identity"]
 
 
 def retrain(deployment: Deployment, work: Path) -> str:
