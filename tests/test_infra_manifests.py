@@ -19,6 +19,7 @@ import pytest
 from jsonschema import Draft7Validator
 
 from facerank.broker import load_eventing
+from facerank.broker.manifests import parse_duration
 from facerank.settings import Settings
 from functions.deadletter.app import BUCKET as DEAD_LETTER_BUCKET
 from functions.retrain.kubernetes import TRAIN_PORT
@@ -164,6 +165,20 @@ def test_eventing_references_resolve(overlay: str) -> None:
             "kind": "Broker",
             "name": "facerank",
         }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_broker_waits_as_long_as_its_subscribers_may_take(overlay: str) -> None:
+    """A delivery attempt abandoned before the subscriber's own request timeout is retried
+    while the first is still being handled: duplicate work, and a slow success counted as a
+    failure (dead-lettered after the retries)."""
+    documents = rendered(overlay)
+    timeout = parse_duration(get(documents, "Broker", "facerank")["spec"]["delivery"]["timeout"])
+    for trigger in (d for d in documents if d["kind"] == "Trigger"):
+        name = trigger["spec"]["subscriber"]["ref"]["name"]
+        service = get(documents, "Service", name, "serving.knative.dev")
+        allowed = service["spec"]["template"]["spec"].get("timeoutSeconds", 300)
+        assert timeout > allowed, f"{name} may take {allowed} s; the Broker waits {timeout} s"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
