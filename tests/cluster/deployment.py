@@ -89,6 +89,10 @@ class Deployment:
         problems = [pod.failure() for pod in self.pods.values() if pod.exit_code is not None]
         problems += [f"MinIO webhook: {e}" for e in (self.minio.errors if self.minio else [])]
         problems += self.jobs.failures if self.jobs else []
+        # Knative's Broker would hand these to the dead-letter sink; the local broker keeps
+        # them in its spool: either way an event no subscriber accepted.
+        dead = self.folder / "broker" / "broker" / "dead-letter"
+        problems += [f"dead-lettered: {p.read_text()[:2000]}" for p in sorted(dead.rglob("*.json"))]
         assert not problems, "\n\n".join(problems)
 
     # --- starting -----------------------------------------------------------------------------
