@@ -23,6 +23,17 @@ What is translated, and nothing else (see :mod:`.network` and :mod:`.volumes`): 
 a volume's ``mountPath`` or an image path (``/app``, ``/tmp``, the model cache) becomes the
 folder standing for it; a URL naming a cluster Service becomes the loopback address of the
 process behind it; the listen address ``0.0.0.0`` becomes the pod's own loopback address;
-Knative's ``PORT`` and TensorFlow's worker ports become free ports (every pod shares this
-machine's network); ``KUBERNETES_SERVICE_HOST``/``_PORT`` name the fake API.
+Knative's ``PORT`` becomes a free port (every pod shares this machine's network, and KServe
+binds every interface); ``KUBERNETES_SERVICE_HOST``/``_PORT`` name the fake API. Added, and
+nothing else: ``TMPDIR`` (the folder standing for the pod's ``/tmp``, for code that asks for
+the temporary folder instead of naming ``/tmp``), ``HOSTNAME`` (as the container runtime sets
+it), and for a training Job's pods ``TF_CONFIG``: the cluster :func:`training.cluster
+.cluster_from_env` derives from the pod's own environment, each worker's DNS name resolved to
+a free loopback port (TensorFlow binds its cluster port on every interface, so two workers on
+one machine cannot share 2222). A name the harness's cluster DNS does not know stays as it is
+and fails, as it would in the cluster.
+
+Training runs are sized for a test by one more kustomize layer (:mod:`.render`); the retrain
+function's paths in the Job it creates are read back as the cluster would see them
+(``/shared/...``). One process per workload: replicas are scale, not configuration.
 """
