@@ -58,6 +58,9 @@ def test_every_workload_starts_and_stays_up(healthy: Deployment) -> None:
         "facerank-retrain",
         "facerank-dead-letter",
     } <= set(healthy.pods)
+    assert healthy.minio is not None
+    users = {name for name, _ in healthy.minio.users.values()}
+    assert users == {"dead-letter", "enroll", "predictor", "retrain", "source", "web"}
 
 
 def test_uploaded_photos_are_enrolled_through_the_webhook(

@@ -3,14 +3,19 @@ passing ``tests/test_cluster_*.py`` means the cluster would behave the same."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.network import Network, service_links
+from facerank.errors import FacerankError
+from facerank.storage import S3Store
+from tests.cluster.minio import MinioStandIn
+from tests.cluster.network import Network, free_port, service_links
 from tests.cluster.podenv import expand, kubelet_env
 from tests.cluster.volumes import PodMounts, mount_volumes, unshare_prefix
+from tests.plugins.infra import INFRA
 
 SERVICE = {
     "kind": "Service",
@@ -90,3 +95,29 @@ def test_read_only_mounts_refuse_writes_in_the_pod(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "pod" / "volumes" / "scratch" / "f").exists()
     assert not (tmp_path / "c" / "c" / "f").exists()
+
+
+def test_minio_stand_in_enforces_each_users_policy() -> None:
+    """A read-only user cannot write, the root user can, an unknown key cannot do anything."""
+    address, port = "127.0.0.1", free_port()
+    minio = MinioStandIn(address, port, lambda url: url)
+    minio.root_user = "root-user"
+    reader = json.loads((INFRA / "base" / "minio" / "policies" / "predictor.json").read_text())
+    minio.add_user("predictor", "predictor-key", reader)
+    minio.start()
+    try:
+        root = S3Store(minio.url, "root-user", "root-secret")
+        root.ensure_bucket("gallery")
+        root.put("gallery", "a", b"x")
+        assert S3Store(minio.url, "predictor-key", "s").get("gallery", "a").data == b"x"
+        assert minio.errors == []
+        with pytest.raises(FacerankError):
+            S3Store(minio.url, "predictor-key", "s").put("gallery", "b", b"y")
+        with pytest.raises(FacerankError):
+            S3Store(minio.url, "stranger", "s").get("gallery", "a")
+        assert [e.split(":")[1].strip() for e in minio.errors] == [
+            "user predictor",
+            "unknown access key 'stranger'",
+        ]
+    finally:
+        minio.stop()

@@ -316,10 +316,17 @@ def test_settings_in_the_config_map_are_facerank_settings() -> None:
     """A misspelt FACERANK_* variable is silently ignored by Settings: catch it here."""
     known = {f"FACERANK_{f.name.upper()}" for f in fields(Settings)}
     for overlay in OVERLAYS:
-        (config,) = (d for d in rendered(overlay) if d["kind"] == "ConfigMap")
-        for variable in config["data"]:
+        configs = [d for d in rendered(overlay) if d["kind"] == "ConfigMap"]
+        data = {
+            k: v
+            for d in configs
+            if d["metadata"]["name"].startswith(("facerank-env-", "facerank-s3-"))
+            for k, v in d["data"].items()
+        }
+        assert "FACERANK_S3_ACCESS_KEY_FILE" in data
+        for variable in data:
             assert variable.removesuffix("_FILE") in known, variable
-        settings = {k: v for k, v in config["data"].items() if not k.endswith("_FILE")}
+        settings = {k: v for k, v in data.items() if not k.endswith("_FILE")}
         assert Settings.from_env(settings).store == "s3"
 
 

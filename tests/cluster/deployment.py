@@ -198,7 +198,29 @@ class Deployment:
         client = Minio(
             f"{address}:{port}", env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"], secure=False
         )
+        self.minio.root_user = env["MINIO_ROOT_USER"]
         self.minio.set_up(setup_plan(mc["args"][0], job_env), client.make_bucket)
+        self._add_minio_users(job_spec, mc, job_env)
+
+    def _add_minio_users(
+        self, spec: Mapping[str, Any], container: Mapping[str, Any], env: Mapping[str, str]
+    ) -> None:
+        """What the setup Job's ``mc admin`` loop does: the Secret mounted at
+        ``$USERS/<component>`` becomes a user with policy ``$POLICIES/<component>.json``."""
+        assert self.minio is not None
+        script = container["args"][0]
+        for command in ("mc admin policy create", "mc admin user add", "mc admin policy attach"):
+            assert command in script, f"the setup Job no longer runs {command}"
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        policies = find(self.documents, "ConfigMap", mounts[env["POLICIES"]]["configMap"]["name"])
+        for path, volume in mounts.items():
+            if not path.startswith(env["USERS"] + "/"):
+                continue
+            component = path.rsplit("/", 1)[1]
+            data = secret_data(find(self.documents, "Secret", volume["secret"]["secretName"]))
+            policy = json.loads(policies["data"][f"{component}.json"])
+            self.minio.add_user(component, data["ACCESS_KEY"].decode(), policy)
 
     def _start_kubernetes_api(self) -> None:
         role = find(self.documents, "Role", "facerank-retrain")

@@ -5,12 +5,20 @@ moto has no MinIO webhook targets, so a WSGI layer in front of it watches succes
 PUTs and DELETEs on subscribed buckets and POSTs MinIO's notification document to the endpoint
 and with the bearer token the MinIO Deployment's ``MINIO_NOTIFY_WEBHOOK_*_<TARGET>`` variables
 name, from a queue in order (MinIO's ``queue_dir``). What the setup Job's ``mc`` script does is
-read from the script itself: the buckets of ``mc mb`` and the subscriptions of ``mc event add``.
-Every notification the endpoint does not answer with 2xx is recorded in :attr:`errors`.
+read from the script itself (the buckets of ``mc mb``, the subscriptions of ``mc event add``)
+and from what the Job mounts for its ``mc admin`` loop: each user's Secret under ``$USERS``,
+each policy under ``$POLICIES``. MinIO's policy check is played too, for the S3 calls facerank
+makes: the access key of a request's signature picks the user, the request its action
+(``s3:GetObject``, ``s3:PutObject``, ``s3:DeleteObject``, ``s3:ListBucket``, ...) and resource,
+and the user's IAM-style policy allows it or the request is answered 403 ``AccessDenied``.
+The signature itself is not verified (moto does not either): the check is about which
+component may do what. Every notification the endpoint does not answer with 2xx, and every
+refused request, is recorded in :attr:`errors`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import queue
 import re
@@ -84,6 +92,37 @@ def setup_plan(script: str, env: Mapping[str, str]) -> SetupPlan:
     return SetupPlan(tuple(buckets), tuple(subscriptions))
 
 
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def s3_action(method: str, key: str, query: Mapping[str, Any]) -> str:
+    """The IAM action of one S3 request (the calls facerank's S3 client makes)."""
+    if not key:
+        if method == "PUT":
+            return "s3:CreateBucket"
+        return "s3:GetBucketLocation" if "location" in query else "s3:ListBucket"
+    if method in ("GET", "HEAD"):
+        return "s3:GetObject"
+    return {"PUT": "s3:PutObject", "DELETE": "s3:DeleteObject"}.get(method, f"s3:{method}")
+
+
+def allows(policy: Mapping[str, Any], action: str, resource: str) -> bool:
+    """IAM evaluation: some Allow statement matches and no Deny does."""
+    verdict = False
+    for statement in policy.get("Statement", []):
+        actions = statement.get("Action", [])
+        resources = statement.get("Resource", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        resources = [resources] if isinstance(resources, str) else resources
+        if any(fnmatch.fnmatchcase(action, a) for a in actions) and any(
+            fnmatch.fnmatchcase(resource, r) for r in resources
+        ):
+            if statement.get("Effect") == "Deny":
+                return False
+            verdict = True
+    return verdict
+
+
 @dataclass
 class MinioStandIn:
     address: str
@@ -92,6 +131,9 @@ class MinioStandIn:
     """Cluster URL -> this machine's (the webhook endpoint names a cluster Service)."""
     targets: dict[str, Webhook] = field(default_factory=dict)
     subscriptions: dict[str, tuple[frozenset[str], Webhook]] = field(default_factory=dict)
+    root_user: str = ""
+    users: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """Access key -> (user name, policy); empty: every request allowed."""
     errors: list[str] = field(default_factory=list)
     delivered: int = 0
     _queue: queue.Queue[tuple[Webhook, dict[str, Any]] | None] = field(default_factory=queue.Queue)
@@ -130,8 +172,36 @@ class MinioStandIn:
 
     # --- notifications -----------------------------------------------------------------------
 
+    def add_user(self, name: str, access_key: str, policy: dict[str, Any]) -> None:
+        self.users[access_key] = (name, policy)
+
+    def _refusal(self, environ: Mapping[str, Any]) -> str:
+        """Why MinIO would refuse this request; empty when it would not."""
+        if not self.users:
+            return ""
+        signed = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+        access_key = signed[1] if signed else ""
+        if access_key == self.root_user:
+            return ""
+        if access_key not in self.users:
+            return f"unknown access key {access_key!r}"
+        name, policy = self.users[access_key]
+        bucket, _, key = unquote(environ["PATH_INFO"]).lstrip("/").partition("/")
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        action = s3_action(environ["REQUEST_METHOD"], key, query)
+        resource = f"arn:aws:s3:::{bucket}" + (f"/{key}" if key else "")
+        if allows(policy, action, resource):
+            return ""
+        return f"user {name}: {action} on {resource} is not allowed by its policy"
+
     def _notifying(self, app: Any) -> Callable[..., Iterable[bytes]]:
         def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            refusal = self._refusal(environ)
+            if refusal:
+                self.errors.append(f"refused: {refusal}")
+                body = f"<Error><Code>AccessDenied</Code><Message>{refusal}</Message></Error>"
+                start_response("403 Forbidden", [("Content-Type", "application/xml")])
+                return [body.encode()]
             captured: dict[str, Any] = {}
 
             def capture(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
