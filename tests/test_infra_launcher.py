@@ -87,6 +87,7 @@ def test_job_is_an_indexed_job_of_the_trainer_pods(trainer_template: dict[str, A
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "facerank-train-r1"
     assert pod["restartPolicy"] == "Never"
+    assert pod["enableServiceLinks"] is False, "links would clash with FACERANK_* settings"
     template_pod = trainer_template["template"]["spec"]
     for field in ("serviceAccountName", "securityContext", "volumes"):
         assert pod[field] == template_pod[field]
@@ -96,6 +97,13 @@ def test_job_is_an_indexed_job_of_the_trainer_pods(trainer_template: dict[str, A
     (container,) = pod["containers"]
     env = {v["name"]: v.get("value") for v in container["env"]}
     assert env["FACERANK_TRAIN_JOB"] == env["FACERANK_TRAIN_SERVICE"] == "facerank-train-r1"
+    [namespace] = [v for v in container["env"] if v["name"] == "FACERANK_TRAIN_NAMESPACE"]
+    assert namespace["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }, "a drained node's pod must not count against the run's retries"
     assert env["FACERANK_TRAIN_WORKERS"] == "3"
     assert env["FACERANK_TRAIN_CONFIG"] == CONFIG
     assert env["FACERANK_TRAIN_PORT"] == str(TRAIN_PORT), "the template's own env is kept"

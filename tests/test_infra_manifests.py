@@ -19,6 +19,7 @@ import pytest
 from jsonschema import Draft7Validator
 
 from facerank.broker import load_eventing
+from facerank.broker.manifests import parse_duration
 from facerank.settings import Settings
 from functions.deadletter.app import BUCKET as DEAD_LETTER_BUCKET
 from functions.retrain.kubernetes import TRAIN_PORT
@@ -167,6 +168,20 @@ def test_eventing_references_resolve(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_broker_waits_as_long_as_its_subscribers_may_take(overlay: str) -> None:
+    """A delivery attempt abandoned before the subscriber's own request timeout is retried
+    while the first is still being handled: duplicate work, and a slow success counted as a
+    failure (dead-lettered after the retries)."""
+    documents = rendered(overlay)
+    timeout = parse_duration(get(documents, "Broker", "facerank")["spec"]["delivery"]["timeout"])
+    for trigger in (d for d in documents if d["kind"] == "Trigger"):
+        name = trigger["spec"]["subscriber"]["ref"]["name"]
+        service = get(documents, "Service", name, "serving.knative.dev")
+        allowed = service["spec"]["template"]["spec"].get("timeoutSeconds", 300)
+        assert timeout > allowed, f"{name} may take {allowed} s; the Broker waits {timeout} s"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_references_resolve(overlay: str) -> None:
     documents = rendered(overlay)
     secrets = {d["metadata"]["name"]: d.get("data", {}) for d in documents if d["kind"] == "Secret"}
@@ -190,6 +205,17 @@ def test_pod_references_resolve(overlay: str) -> None:
                 ref = variable.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     assert ref["key"] in secrets.get(ref["name"], {}), f"{pod.where}: {ref}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_outside_knative_get_no_service_links(overlay: str) -> None:
+    """The kubelet would inject ``<SERVICE>_PORT=tcp://...`` for every Service of the
+    namespace, and ``facerank-web`` becomes ``FACERANK_WEB_PORT``, a setting Settings then
+    refuses. Knative's and KServe's pods get none by default; every other pod must say so."""
+    for pod in pods(rendered(overlay)):
+        if pod.where.startswith(("Service/", "InferenceService/")):
+            continue
+        assert pod.spec.get("enableServiceLinks") is False, pod.where
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -290,10 +316,17 @@ def test_settings_in_the_config_map_are_facerank_settings() -> None:
     """A misspelt FACERANK_* variable is silently ignored by Settings: catch it here."""
     known = {f"FACERANK_{f.name.upper()}" for f in fields(Settings)}
     for overlay in OVERLAYS:
-        (config,) = (d for d in rendered(overlay) if d["kind"] == "ConfigMap")
-        for variable in config["data"]:
+        configs = [d for d in rendered(overlay) if d["kind"] == "ConfigMap"]
+        data = {
+            k: v
+            for d in configs
+            if d["metadata"]["name"].startswith(("facerank-env-", "facerank-s3-"))
+            for k, v in d["data"].items()
+        }
+        assert "FACERANK_S3_ACCESS_KEY_FILE" in data
+        for variable in data:
             assert variable.removesuffix("_FILE") in known, variable
-        settings = {k: v for k, v in config["data"].items() if not k.endswith("_FILE")}
+        settings = {k: v for k, v in data.items() if not k.endswith("_FILE")}
         assert Settings.from_env(settings).store == "s3"
 
 

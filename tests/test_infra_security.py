@@ -9,6 +9,7 @@ value is ever committed.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Mapping
@@ -83,8 +84,8 @@ def test_the_retrain_role_is_exactly_the_contract() -> None:
     }
     assert granted == {
         ("", "podtemplates", "get"),
-        *(("batch", "jobs", v) for v in ("create", "get", "list", "delete")),
-        *(("", "services", v) for v in ("create", "get", "list", "delete")),
+        *(("batch", "jobs", v) for v in ("create", "get", "delete")),
+        *(("", "services", v) for v in ("create", "get", "delete")),
     }
 
 
@@ -218,6 +219,8 @@ def test_pod_security_is_enforced_in_prod() -> None:
 # --- secrets --------------------------------------------------------------------------------
 
 HASH_SUFFIX = re.compile(r".+-[a-z0-9]{10}")
+MINIO_USERS = ("dead-letter", "enroll", "predictor", "retrain", "source", "web")
+"""The components with a MinIO user (and Secret s3-<component>) of their own."""
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -228,7 +231,46 @@ def test_secrets_come_only_from_generators(overlay: str) -> None:
         "minio-credentials",
         "facerank-webhook-token",
         "facerank-api-token",
+        *(f"s3-{component}" for component in MINIO_USERS),
     }
+
+
+READ_ONLY_USERS = ("predictor", "web")
+
+
+@pytest.mark.parametrize("component", MINIO_USERS)
+def test_minio_policies_grant_named_actions_only(component: str) -> None:
+    """No wildcard action, no Deny to reason about, and the query path only reads."""
+    policy = json.loads((INFRA / "base" / "minio" / "policies" / f"{component}.json").read_text())
+    statements = policy["Statement"]
+    actions = {a for statement in statements for a in statement["Action"]}
+    assert {statement["Effect"] for statement in statements} == {"Allow"}
+    assert not any("*" in action for action in actions), actions
+    resources = {r for statement in statements for r in statement["Resource"]}
+    assert all(r.startswith("arn:aws:s3:::") and r != "arn:aws:s3:::*" for r in resources)
+    if component in READ_ONLY_USERS:
+        assert actions <= {"s3:GetObject", "s3:ListBucket"}, actions
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_component_mounts_only_its_own_minio_user(overlay: str) -> None:
+    """Root credentials stay with MinIO and its setup Job; the training workers get none."""
+    for pod in pods(rendered(overlay)):
+        mounted = {
+            v["secret"]["secretName"].rsplit("-", 1)[0]
+            for v in pod.spec.get("volumes", [])
+            if "secret" in v
+        }
+        component = pod.labels.get("app.kubernetes.io/component", "")
+        users = {m for m in mounted if m.startswith("s3-")}
+        if component == "minio-setup":
+            assert users == {f"s3-{c}" for c in MINIO_USERS}, pod.where
+        elif component in MINIO_USERS:
+            assert users == {f"s3-{component}"}, pod.where
+            assert "minio-credentials" not in mounted, pod.where
+        else:
+            assert not users, pod.where
+            assert "minio-credentials" not in mounted or component == "minio-setup", pod.where
 
 
 def committed_manifests() -> list[Path]:
@@ -268,7 +310,12 @@ needs_git = pytest.mark.skipif(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secret_files_are_never_committed(overlay: str) -> None:
     secrets = f"infra/overlays/{overlay}/secrets"
-    for name in ("minio.env", "webhook-token.env", "api-token.env"):
+    for name in (
+        "minio.env",
+        "webhook-token.env",
+        "api-token.env",
+        *(f"s3-{component}.env" for component in MINIO_USERS),
+    ):
         assert git("check-ignore", "--quiet", f"{secrets}/{name}").returncode == 0, name
     tracked = git("ls-files", secrets).stdout.split()
     assert all(p.endswith((".example", ".sh")) for p in tracked), tracked

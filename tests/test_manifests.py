@@ -55,7 +55,7 @@ def test_real_manifests_parse() -> None:
     assert broker.delivery.retry == 5
     assert broker.delivery.backoff_policy == "exponential"
     assert broker.delivery.backoff_delay == 0.5
-    assert broker.delivery.timeout == 60.0
+    assert broker.delivery.timeout == 150.0  # above enroll's own 120 s (see the manifest)
     assert str(broker.delivery.dead_letter) == "Service/facerank-dead-letter"
     assert {t.name for t in eventing.triggers_of(broker)} == {
         "enroll-on-object-created",

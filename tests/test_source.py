@@ -596,6 +596,28 @@ def test_entry_point_refuses_to_start_without_a_sink(tmp_path: Path) -> None:
     assert "K_SINK is not set" in output
 
 
+def test_a_knative_revision_without_its_sink_waits_for_the_binding(tmp_path: Path) -> None:
+    """The first revision, made before the SinkBinding injected K_SINK, must not fail (a failed
+    revision stays behind): it stays up and healthy and refuses pushes with 503, so MinIO
+    queues them and the Broker retries them for the revision that has the sink."""
+    port = free_port()
+    env = {"FACERANK_DATA_DIR": str(tmp_path), "K_SERVICE": "facerank-source", "PORT": str(port)}
+    process = run_source(env)
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}/healthz")
+        body = minio_body([s3_record("s3:ObjectCreated:Put", "carol%2Fpushed.jpg")])
+        for path in ("/minio", "/sns", "/"):
+            response = requests.post(f"http://127.0.0.1:{port}{path}", data=body, timeout=10)
+            assert response.status_code == 503, path
+            assert response.json()["error"]["code"] == "sink_not_bound"
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "K_SINK is not set yet" in output
+
+
 def wait_until_healthy(url: str, timeout: float = 30.0) -> None:
     """Poll until the server answers (starting Python and importing takes a moment)."""
     deadline = time.monotonic() + timeout

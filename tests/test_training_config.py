@@ -108,12 +108,14 @@ def test_cluster_derived_from_an_indexed_job() -> None:
         "FACERANK_TRAIN_WORKERS": "3",
         "FACERANK_TRAIN_JOB": "facerank-train-r1",
         "FACERANK_TRAIN_SERVICE": "facerank-train-r1",
+        "FACERANK_TRAIN_NAMESPACE": "facerank",
         "FACERANK_TRAIN_PORT": "2222",
     }
     cluster = cluster_from_env(env)
     assert cluster is not None
+    # Fully qualified: no reliance on the pod's resolv.conf search domains.
     assert cluster.workers == tuple(
-        f"facerank-train-r1-{i}.facerank-train-r1:2222" for i in range(3)
+        f"facerank-train-r1-{i}.facerank-train-r1.facerank.svc:2222" for i in range(3)
     )
     assert cluster.index == 1
     assert cluster_from_env({}) is None  # one local worker, no TF_CONFIG needed
@@ -129,6 +131,7 @@ def test_cluster_derived_from_an_indexed_job() -> None:
                 "FACERANK_TRAIN_WORKERS": "2",
                 "FACERANK_TRAIN_JOB": "j",
                 "FACERANK_TRAIN_SERVICE": "s",
+                "FACERANK_TRAIN_NAMESPACE": "n",
             },
             "outside 2 workers",
         ),

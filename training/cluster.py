@@ -3,9 +3,11 @@
 MultiWorkerMirroredStrategy reads the cluster from ``TF_CONFIG``. The local launcher sets it;
 in Kubernetes nobody does, so it is derived from what an Indexed Job with a headless Service
 gives every pod: ``JOB_COMPLETION_INDEX`` (set by Kubernetes), and ``FACERANK_TRAIN_WORKERS``,
-``FACERANK_TRAIN_JOB``, ``FACERANK_TRAIN_SERVICE``, ``FACERANK_TRAIN_PORT`` (set by the retrain
-function in the Job's pod template): worker ``i`` is ``<job>-<i>.<service>:<port>``, the DNS
-name the pod's hostname and subdomain give it.
+``FACERANK_TRAIN_JOB``, ``FACERANK_TRAIN_SERVICE``, ``FACERANK_TRAIN_NAMESPACE``,
+``FACERANK_TRAIN_PORT`` (set by the retrain function in the Job's pod template): worker ``i``
+is ``<job>-<i>.<service>.<namespace>.svc:<port>``, the DNS name the pod's hostname and
+subdomain give it, fully qualified so that it resolves whatever the pod's resolv.conf search
+domains are (``dnsPolicy``, a custom ``dnsConfig``, ndots).
 
 Worker 0 is the chief (MWMS' convention when the cluster has no ``chief`` job): it alone
 writes the real checkpoints, the progress, the export and the result.
@@ -25,6 +27,7 @@ _DERIVED = (
     "FACERANK_TRAIN_WORKERS",
     "FACERANK_TRAIN_JOB",
     "FACERANK_TRAIN_SERVICE",
+    "FACERANK_TRAIN_NAMESPACE",
 )
 
 
@@ -80,7 +83,8 @@ def cluster_from_env(env: Mapping[str, str]) -> Cluster | None:
     count = _integer(env, "FACERANK_TRAIN_WORKERS")
     port = _integer(env, "FACERANK_TRAIN_PORT") if env.get("FACERANK_TRAIN_PORT") else DEFAULT_PORT
     job, service = env["FACERANK_TRAIN_JOB"], env["FACERANK_TRAIN_SERVICE"]
-    return Cluster(tuple(f"{job}-{i}.{service}:{port}" for i in range(count)), index)
+    domain = f"{service}.{env['FACERANK_TRAIN_NAMESPACE']}.svc"
+    return Cluster(tuple(f"{job}-{i}.{domain}:{port}" for i in range(count)), index)
 
 
 def _parse_tf_config(raw: str) -> Cluster:

@@ -2,8 +2,9 @@
 
 A run of N workers is an Indexed Job ``facerank-train-<run>`` (one pod per worker index;
 Kubernetes sets ``JOB_COMPLETION_INDEX``) plus a headless Service of the same name that is the
-pods' ``subdomain``, so worker ``i`` answers at ``facerank-train-<run>-<i>.facerank-train-<run>``:
-the addresses MultiWorkerMirroredStrategy's cluster spec lists. The pod spec is copied from the
+pods' ``subdomain``, so worker ``i`` answers at
+``facerank-train-<run>-<i>.facerank-train-<run>.<namespace>.svc``: the addresses
+MultiWorkerMirroredStrategy's cluster spec lists. The pod spec is copied from the
 ``facerank-trainer`` PodTemplate (``infra/base/training/trainer.yaml``), so image, resources,
 volumes and security settings stay the manifests' (kustomize and skaffold set them); this
 module adds only what differs per run.
@@ -120,7 +121,8 @@ def job_for_run(
 
     ``pod_template`` is a PodTemplate's ``template`` (a PodTemplateSpec, in API field names).
     Every container gets ``FACERANK_TRAIN_JOB``, ``FACERANK_TRAIN_SERVICE``,
-    ``FACERANK_TRAIN_WORKERS`` and ``FACERANK_TRAIN_CONFIG`` (replacing any the template set).
+    ``FACERANK_TRAIN_NAMESPACE`` (the pod's own, from the downward API), ``FACERANK_TRAIN_WORKERS``
+    and ``FACERANK_TRAIN_CONFIG`` (replacing any the template set).
     """
     if workers < 1:
         raise InvalidRunError(f"a run needs at least one worker, not {workers}")
@@ -134,9 +136,16 @@ def job_for_run(
     spec = copy.deepcopy(dict(pod_template["spec"]))
     spec["subdomain"] = name  # with the headless Service: <job>-<index>.<service> resolves
     spec["restartPolicy"] = "Never"  # required by backoffLimitPerIndex
+    # Service links would put FACERANK_<SERVICE>_PORT=tcp://... beside the settings of the same
+    # names, and Settings refuses them: whatever the template says, a worker gets none.
+    spec["enableServiceLinks"] = False
     run_env = [
         {"name": "FACERANK_TRAIN_JOB", "value": name},
         {"name": "FACERANK_TRAIN_SERVICE", "value": name},
+        {
+            "name": "FACERANK_TRAIN_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        },
         {"name": "FACERANK_TRAIN_WORKERS", "value": str(workers)},
         {"name": "FACERANK_TRAIN_CONFIG", "value": config_path},
     ]
@@ -159,13 +168,19 @@ def job_for_run(
             "maxFailedIndexes": 0,
             "activeDeadlineSeconds": deadline_s,
             "ttlSecondsAfterFinished": FINISHED_TTL_S,
+            # A pod evicted by a node drain or preemption (condition DisruptionTarget) is
+            # replaced without counting as a failure: the run resumes from its checkpoint.
             # Exit 2 is the worker's permanent failure (bad config or data): never retried.
             "podFailurePolicy": {
                 "rules": [
                     {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
+                    {
                         "action": "FailJob",
                         "onExitCodes": {"operator": "In", "values": [EXIT_PERMANENT]},
-                    }
+                    },
                 ]
             },
             "template": {"metadata": pod_metadata, "spec": spec},

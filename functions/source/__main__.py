@@ -1,7 +1,8 @@
 """``python -m functions.source``: the event source as its container and ``facerank up`` run it.
 
 Configuration comes from the environment, as Knative provides it: ``FACERANK_*`` settings,
-``K_SINK`` (the sink, required), ``PORT`` (else ``FACERANK_SOURCE_PORT``), and the listen
+``K_SINK`` (the sink, required; a Knative revision without one waits for its SinkBinding,
+see :mod:`functions.source.unbound`), ``PORT`` (else ``FACERANK_SOURCE_PORT``), and the listen
 address ``FACERANK_SOURCE_HOST`` (else the functions' shared ``FACERANK_LISTEN_HOST``, else
 127.0.0.1; containers set 0.0.0.0). SIGTERM and SIGINT stop it cleanly: the server closes,
 then the watcher and the reconcile thread stop.
@@ -23,6 +24,7 @@ from facerank.storage import FolderStore, ObjectStore, open_store
 from functions.source.app import create_app
 from functions.source.emitter import Emitter, sink_from_env
 from functions.source.reconcile import Reconciler
+from functions.source.unbound import awaiting_binding, create_unbound_app
 from functions.source.verdicts import RejectedVersions
 from functions.source.watcher import FolderWatcher, WatcherUnavailableError
 
@@ -35,7 +37,8 @@ _JOIN_TIMEOUT_S = 10.0
 def main() -> int:
     try:
         settings = Settings.from_env()
-        emitter = Emitter(sink_from_env(os.environ), settings)
+        unbound = awaiting_binding(os.environ)
+        emitter = None if unbound else Emitter(sink_from_env(os.environ), settings)
     except ConfigError as exc:
         print(f"facerank event source: {exc}", file=sys.stderr)
         return 2
@@ -43,6 +46,11 @@ def main() -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s source %(levelname)s %(name)s: %(message)s",
     )
+    if emitter is None:
+        log.warning("K_SINK is not set yet: answering 503 until the SinkBinding's revision is up")
+        port = listen_port(settings.source_port)
+        serve(create_unbound_app(), host=listen_host(HOST_ENV), port=port, name="event source")
+        return 0
     try:
         run(settings, emitter)
     except (FacerankError, OSError) as exc:

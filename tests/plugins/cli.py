@@ -11,7 +11,11 @@ import pytest
 
 
 def run_facerank(
-    *args: str, data_dir: Path, env: dict[str, str] | None = None, check: bool = True
+    *args: str,
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """``facerank ARGS`` with ``FACERANK_DATA_DIR=data_dir``; fails the test on a non-zero exit
     unless ``check`` is False."""
@@ -22,7 +26,7 @@ def run_facerank(
         text=True,
         env=environment,
         stdin=subprocess.DEVNULL,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     if check and result.returncode != 0:

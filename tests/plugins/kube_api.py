@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +53,9 @@ class FakeKubernetes:
     requests: list[Request] = field(default_factory=list)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     """(verb, resource) -> an HTTP status the next such request answers (a blip)."""
+    watchers: list[Callable[[str, str, dict[str, Any]], None]] = field(default_factory=list)
+    """Called with (verb, resource, object) after each create and delete, as the controllers
+    of a cluster would react (the cluster harness starts a created Job's pods)."""
 
     def seed(self, documents: Iterable[Mapping[str, Any]]) -> None:
         """Store objects as if applied earlier (the rendered PodTemplate, for instance)."""
@@ -107,6 +110,7 @@ class FakeKubernetes:
             deleted = self.objects.pop((resource, name), None)
             if deleted is None:
                 return _status(404, "NotFound", name)
+            self._notify("delete", resource, deleted)
             if resource in _DELETE_ANSWERS_OBJECT:
                 return jsonify(deleted), 200
             return _status(200, "", f"{name} deleted", status="Success")
@@ -139,7 +143,13 @@ class FakeKubernetes:
             return _status(400, "BadRequest", "the namespace of the body does not match")
         if (resource, metadata["name"]) in self.objects:
             return _status(409, "AlreadyExists", f"{resource} {metadata['name']} already exists")
-        return jsonify(self._store(resource, copy.deepcopy(body))), 201
+        stored = self._store(resource, copy.deepcopy(body))
+        self._notify("create", resource, stored)
+        return jsonify(stored), 201
+
+    def _notify(self, verb: str, resource: str, body: dict[str, Any]) -> None:
+        for watcher in self.watchers:
+            watcher(verb, resource, body)
 
     def _store(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
         body["metadata"].update(
