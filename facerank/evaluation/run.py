@@ -1,10 +1,11 @@
 """One evaluation run: every contender scored on the same faces, side by side.
 
-Detection and alignment run once per alignment variant, aligning each image's largest face into
-every chip layout the contenders need, and are shared by all of them: the accuracy comparison
-is then about descriptors alone, and the embedding throughput is timed apart from detection
-(end-to-end images/s adds the two). Results are deterministic: files are read in the dataset's
-sorted order, the detector and aligner are deterministic, and the metrics break ties by index.
+Detection and alignment run once per detector and alignment variant, aligning each image's
+largest face into every chip layout the contenders need, and are shared by all of them: the
+accuracy comparison within a variant is then about descriptors alone, and the embedding
+throughput is timed apart from detection (end-to-end images/s adds the two). Results are
+deterministic: files are read in the dataset's sorted order, the detector and aligner are
+deterministic, and the metrics break ties by index.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,8 @@ def no_progress(items: Iterable[T], *, total: int, unit: str) -> Iterable[T]:
 class DetectionPass:
     """What one detection + alignment pass found: the largest face of each image, as chips."""
 
+    detector: str
+    """The detector's name (``FACERANK_DETECTOR``'s values)."""
     align: AlignMode
     images: int
     """Images that decoded (the detection rate's denominator)."""
@@ -75,6 +78,7 @@ class ScorerResult:
 
     name: str
     model_version: str
+    detector: str
     align: AlignMode
     unit_distances: bool
     metrics: Metrics
@@ -112,29 +116,25 @@ def evaluate(
     scorers: Sequence[Scorer],
     aligns: Sequence[AlignMode],
     *,
-    detector: FaceDetector,
+    detectors: Mapping[str, FaceDetector],
     locator: LandmarkLocator | None = None,
     threshold: float | None,
     limits: dict[str, int] | None = None,
     notes: Sequence[str] = (),
     progress: Progress = no_progress,
 ) -> EvaluationRun:
-    """Score every scorer on every alignment variant of ``dataset``'s largest faces.
+    """Score every scorer on every detector and alignment variant of ``dataset``'s largest faces.
 
-    ``limits`` are the decoder's byte and pixel limits; ``threshold`` is the match threshold
-    for every model (None: each model's own), applied where distances are unit-vector ones.
+    ``detectors`` maps each detector's name to the detector; ``limits`` are the decoder's byte
+    and pixel limits; ``threshold`` is the match threshold for every model (None: each model's
+    own), applied where distances are unit-vector ones.
     """
-    if not scorers or not aligns:
-        raise EvaluationError("nothing to evaluate: give at least one embedder and alignment")
     started = time.perf_counter()
     created = datetime.now(UTC)
-    specs = list(dict.fromkeys(scorer.chip for scorer in scorers))
     passes: list[DetectionPass] = []
     results: list[ScorerResult] = []
-    for align in aligns:
-        detection = detect_and_align(
-            dataset, detector, align, specs, limits or {}, progress, locator
-        )
+    variants = detection_passes(dataset, scorers, aligns, detectors, locator, limits, progress)
+    for detection in variants:
         passes.append(detection)
         labels = [dataset.images[i].identity for i in detection.sources]
         for scorer in progress(scorers, total=len(scorers), unit="embedder"):
@@ -150,9 +150,33 @@ def evaluate(
     )
 
 
+def detection_passes(
+    dataset: Dataset,
+    scorers: Sequence[Scorer],
+    aligns: Sequence[AlignMode],
+    detectors: Mapping[str, FaceDetector],
+    locator: LandmarkLocator | None,
+    limits: dict[str, int] | None,
+    progress: Progress,
+) -> Iterator[DetectionPass]:
+    """One :func:`detect_and_align` pass per detector and alignment, in that order, each with
+    the chips of every layout ``scorers`` need; one at a time, so only one pass's chips are
+    held while its scorers run."""
+    if not scorers or not aligns or not detectors:
+        raise EvaluationError(
+            "nothing to evaluate: give at least one embedder, alignment and detector"
+        )
+    specs = list(dict.fromkeys(scorer.chip for scorer in scorers))
+    for name, detector in detectors.items():
+        for align in aligns:
+            yield detect_and_align(
+                dataset, (name, detector), align, specs, limits or {}, progress, locator
+            )
+
+
 def detect_and_align(
     dataset: Dataset,
-    detector: FaceDetector,
+    detector: tuple[str, FaceDetector],
     align: AlignMode,
     specs: Sequence[ChipSpec],
     limits: dict[str, int],
@@ -161,8 +185,9 @@ def detect_and_align(
 ) -> DetectionPass:
     """Decode, detect and align every image in parallel threads (results in dataset order).
 
-    ``locator`` is required for ``landmarks`` alignment.
+    ``detector`` is ``(name, detector)``; ``locator`` is required for ``landmarks`` alignment.
     """
+    detector_name, face_detector = detector
     if align == "landmarks" and locator is None:
         raise EvaluationError("landmark alignment needs the landmark model: facerank models fetch")
 
@@ -173,7 +198,7 @@ def detect_and_align(
             pixels = read_image_file(path, **limits).pixels
         except InvalidImageError as exc:
             return exc
-        detections = detector.detect(pixels)
+        detections = face_detector.detect(pixels)
         if not detections:
             return None
         points = None
@@ -205,6 +230,7 @@ def detect_and_align(
             + (f" ({len(unreadable)} files could not be read as images)" if unreadable else "")
         )
     return DetectionPass(
+        detector=detector_name,
         align=align,
         images=images,
         sources=tuple(sources),
@@ -219,11 +245,7 @@ def score(
     scorer: Scorer, detection: DetectionPass, labels: Sequence[str], threshold: float | None
 ) -> ScorerResult:
     """Features (timed, after a warm-up), distances and metrics of one scorer on one variant."""
-    chips = detection.chips[scorer.chip]
-    scorer.features(chips[:WARMUP_CHIPS])
-    started = time.perf_counter()
-    features = scorer.features(chips)
-    feature_seconds = time.perf_counter() - started
+    features, feature_seconds = timed_features(scorer, detection.chips[scorer.chip])
     metrics = evaluate_distances(
         scorer.distances(features),
         labels,
@@ -232,6 +254,7 @@ def score(
     return ScorerResult(
         name=scorer.name,
         model_version=scorer.model_version,
+        detector=detection.detector,
         align=detection.align,
         unit_distances=scorer.unit_distances,
         metrics=metrics,
@@ -239,3 +262,11 @@ def score(
         detect_seconds=detection.seconds,
         images=detection.images,
     )
+
+
+def timed_features(scorer: Scorer, chips: np.ndarray) -> tuple[np.ndarray, float]:
+    """``scorer``'s features of ``chips`` and their wall time, after an untimed warm-up."""
+    scorer.features(chips[:WARMUP_CHIPS])
+    started = time.perf_counter()
+    features = scorer.features(chips)
+    return features, time.perf_counter() - started
