@@ -119,6 +119,7 @@ def test_bad_datasets_exit_2_with_the_reason(tmp_path: Path, case: str, message:
         (["--align", "nose"], "argument --align: invalid choice: 'nose'"),
         (["--detector", "hog"], "argument --detector: invalid choice: 'hog'"),
         (["--pairs-train", "{file}"], "invalid_config: --pairs-train needs --pairs"),
+        (["--face", "centre"], "invalid_config: --face applies to --pairs"),
     ],
 )
 def test_bad_options_exit_2(dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:

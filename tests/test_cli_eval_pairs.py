@@ -102,7 +102,9 @@ def test_without_training_pairs_the_models_own_threshold_is_said(lfw: Path, tmp_
 
 
 def test_a_fold_file_reports_mean_and_deviation(lfw: Path, tmp_path: Path) -> None:
+    """With --face centre, the face nearest the centre of each image, and the report says so."""
     args = ["--pairs", str(lfw / "folds.txt"), "--embedder", "lbp-v0", "--align", "box"]
+    args += ["--face", "centre"]
     result = facerank(
         "eval", *args, "--out", str(tmp_path / "out"), str(lfw / "images"), data_dir=tmp_path
     )
@@ -112,6 +114,9 @@ def test_a_fold_file_reports_mean_and_deviation(lfw: Path, tmp_path: Path) -> No
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "- Threshold: fitted on the other 3 folds, fold by fold.\n" in markdown
     assert "| detector | align | embedder | fold 1 | fold 2 | fold 3 | fold 4 |" in markdown
+    assert "- Each image's face nearest the image centre is compared (--face centre)" in markdown
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["protocol"]["faces"] == "centre"
 
 
 @pytest.mark.parametrize(

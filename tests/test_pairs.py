@@ -19,8 +19,9 @@ from facerank.evaluation.errors import EvaluationError, PairsFileError
 from facerank.evaluation.metrics import pairwise_distances
 from facerank.evaluation.pairs import ImageRef, PairsFile, parse_pairs, read_pairs
 from facerank.evaluation.pairs_run import PairsRun, evaluate_pairs
+from facerank.evaluation.run import pick_face
 from facerank.evaluation.verification import fit_threshold, score_at, verify
-from facerank.faces import HaarFaceDetector
+from facerank.faces import Detection, HaarFaceDetector
 from facerank.settings import Settings
 from tests.plugins.faces import DETECTABLE_FACES, encode, face_shot, variant
 
@@ -256,6 +257,18 @@ def test_a_given_threshold_scores_all_pairs_as_one_fold() -> None:
     assert none.tar_at_far  # still measured: it needs no threshold
     with pytest.raises(EvaluationError, match="no test pairs"):
         verify(np.array([]), np.array([], bool), np.array([]), threshold=0.5, source="")
+
+
+def test_which_face_of_an_image_with_several() -> None:
+    """Largest first, as detectors report; ``centre`` picks the box nearest the image centre
+    (LFW centres its subject), the larger one on a tie."""
+    corner = Detection(box=(0, 0, 120, 120), confidence=0.9)
+    central = Detection(box=(130, 60, 60, 60), confidence=0.9)  # centre (160, 90)
+    mirrored = Detection(box=(170, 60, 60, 60), confidence=0.9)  # centre (200, 90)
+    shape = (180, 360, 3)  # image centre (180, 90): both small boxes 20 px off
+    assert pick_face([corner, central, mirrored], shape, "largest") is corner
+    assert pick_face([corner, central, mirrored], shape, "centre") is central
+    assert pick_face([corner, mirrored, central], shape, "centre") is mirrored
 
 
 # --- pair distances ------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from facerank.evaluation.pairs import PairsFile, read_pairs
 from facerank.evaluation.pairs_report import pairs_json_text, pairs_table, write_pairs_report
 from facerank.evaluation.pairs_run import evaluate_pairs
 from facerank.evaluation.report import ReportFiles, report_json_text, summary_table, write_report
-from facerank.evaluation.run import evaluate
+from facerank.evaluation.run import FacePick, evaluate
 from facerank.faces import AlignMode, FaceDetector, LandmarkLocator
 from facerank.pipeline import (
     alignment_from_settings,
@@ -99,6 +99,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="face detector; repeat to compare (default: FACERANK_DETECTOR)",
     )
     parser.add_argument(
+        "--face",
+        choices=get_args(FacePick),
+        default="largest",
+        help="with --pairs: which face of an image with several to compare (default: the "
+        "largest, as the product enrolls; 'centre': the one nearest the image centre, where "
+        "LFW puts its subject)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="report folder (default: ./eval-<dataset>-<UTC time>/)"
     )
     parser.add_argument(
@@ -117,6 +125,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.replace(match_threshold=args.threshold)  # validates it
     if args.pairs_train is not None and args.pairs is None:
         raise ConfigError("--pairs-train needs --pairs: the test pairs to score")
+    if args.face != "largest" and args.pairs is None:
+        raise ConfigError("--face applies to --pairs; identity folders compare the largest face")
     if args.pairs is None:
         dataset = load_dataset(args.dataset)
         name = dataset.name
@@ -142,7 +152,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         files = _write(write_report, result, out)
         sys.stdout.write(report_json_text(result) if args.json else summary_table(result))
     else:
-        pairs = evaluate_pairs(args.dataset, test, train, *contenders, **options)
+        pairs = evaluate_pairs(args.dataset, test, train, *contenders, **options, face=args.face)
         files = _write(write_pairs_report, pairs, out)
         sys.stdout.write(pairs_json_text(pairs) if args.json else pairs_table(pairs))
     print(f"facerank: report in {files.markdown}, {files.json}, {files.roc}", file=sys.stderr)

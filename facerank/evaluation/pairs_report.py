@@ -61,7 +61,7 @@ def pairs_json(run: PairsRun) -> dict[str, Any]:
             "test": _file_json(run.test),
             "train": None if run.train is None else _file_json(run.train),
             "cross_validation": run.test.cross_validation,
-            "faces": "largest",
+            "faces": run.face,
             "missed_face": "wrong",
         },
         "images": {
@@ -205,8 +205,14 @@ def _protocol_section(run: PairsRun) -> str:
         f"pairs ({len(run.test_images):,} by the test pairs). Run "
         f"{run.created.isoformat(timespec='seconds')}, {run.seconds:.1f} s.",
         "Threshold: " + "; ".join(cell(s) for s in sources) + ".",
-        "Each image's largest face is compared, as the product enrolls one photo "
-        "(FACERANK_ENROLL_FACES=largest). A pair where either image has no face found, or "
+        (
+            "Each image's largest face is compared, as the product enrolls one photo "
+            "(FACERANK_ENROLL_FACES=largest)."
+            if run.face == "largest"
+            else "Each image's face nearest the image centre is compared (--face centre), "
+            "not the largest one the product enrolls."
+        )
+        + " A pair where either image has no face found, or "
         "cannot be read, counts as a wrong answer in the accuracy; the second accuracy "
         "leaves those pairs out.",
         "Accuracy over folds is the mean +- the standard deviation over the folds, each fold "

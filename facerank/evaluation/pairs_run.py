@@ -2,7 +2,8 @@
 
 The images the pairs name are read once per detector and alignment variant, through the same
 decode + detect + align pass as the leave-one-out mode (the largest face of each image, as the
-product enrolls with ``FACERANK_ENROLL_FACES=largest``), and embedded once per embedder; only
+product enrolls with ``FACERANK_ENROLL_FACES=largest``, unless ``face="centre"`` asks for the
+one nearest the centre), and embedded once per embedder; only
 the pairs' distances are computed. Which threshold each contender is scored at follows LFW's
 protocol: fitted on ``--pairs-train`` when given, fitted on the other folds of a fold file,
 and otherwise the model's own calibrated threshold (or ``--threshold``), never fitted on the
@@ -24,6 +25,7 @@ from facerank.evaluation.dataset import Dataset, LabelledImage
 from facerank.evaluation.pairs import ImageRef, Pair, PairsFile
 from facerank.evaluation.run import (
     DetectionPass,
+    FacePick,
     Progress,
     detection_passes,
     no_progress,
@@ -58,6 +60,8 @@ class PairsRun:
     created: datetime
     threshold: float | None
     """The threshold given for every model (``--threshold``); None: each model's own."""
+    face: FacePick
+    """Which face of an image with several was compared."""
     passes: tuple[DetectionPass, ...]
     results: tuple[PairsResult, ...]
     notes: tuple[str, ...]
@@ -89,6 +93,7 @@ def evaluate_pairs(
     limits: dict[str, int] | None = None,
     notes: Sequence[str] = (),
     progress: Progress = no_progress,
+    face: FacePick = "largest",
 ) -> PairsRun:
     """Score every scorer on every detector and alignment variant of the pairs' images.
 
@@ -109,7 +114,9 @@ def evaluate_pairs(
     )
     passes: list[DetectionPass] = []
     results: list[PairsResult] = []
-    variants = detection_passes(dataset, scorers, aligns, detectors, locator, limits, progress)
+    variants = detection_passes(
+        dataset, scorers, aligns, detectors, locator, limits, progress, face
+    )
     for detection in variants:
         passes.append(detection)
         for scorer in progress(scorers, total=len(scorers), unit="embedder"):
@@ -121,6 +128,7 @@ def evaluate_pairs(
         test_images=tuple(index[ref] for ref in test.images),
         created=created,
         threshold=threshold,
+        face=face,
         passes=tuple(passes),
         results=tuple(results),
         notes=tuple(notes),

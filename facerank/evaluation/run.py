@@ -10,6 +10,7 @@ deterministic, and the metrics break ties by index.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -26,11 +27,22 @@ from facerank.evaluation.baselines import Scorer
 from facerank.evaluation.dataset import Dataset, Skipped
 from facerank.evaluation.errors import EvaluationError
 from facerank.evaluation.metrics import Metrics, evaluate_distances
-from facerank.faces import AlignMode, ChipSpec, FaceDetector, LandmarkLocator, align_face
+from facerank.faces import (
+    AlignMode,
+    ChipSpec,
+    Detection,
+    FaceDetector,
+    LandmarkLocator,
+    align_face,
+)
 from facerank.imaging import read_image_file
 from facerank.pipeline import ordered_map
 
 T = TypeVar("T")
+
+FacePick = Literal["largest", "centre"]
+"""Which face of an image with several is evaluated: the largest, as the product enrolls a
+photo, or the one nearest the image's centre (LFW's images are centred on their subject)."""
 
 WARMUP_CHIPS = 8
 """Chips each contender embeds untimed first: a SavedModel traces its graph on the first call,
@@ -158,6 +170,7 @@ def detection_passes(
     locator: LandmarkLocator | None,
     limits: dict[str, int] | None,
     progress: Progress,
+    face: FacePick = "largest",
 ) -> Iterator[DetectionPass]:
     """One :func:`detect_and_align` pass per detector and alignment, in that order, each with
     the chips of every layout ``scorers`` need; one at a time, so only one pass's chips are
@@ -170,8 +183,22 @@ def detection_passes(
     for name, detector in detectors.items():
         for align in aligns:
             yield detect_and_align(
-                dataset, (name, detector), align, specs, limits or {}, progress, locator
+                dataset, (name, detector), align, specs, limits or {}, progress, locator, face
             )
+
+
+def pick_face(detections: Sequence[Detection], shape: tuple[int, ...], face: FacePick) -> Detection:
+    """The face to evaluate of an image's ``detections`` (largest first): the first, or the
+    one whose box centre is nearest the image's centre (the larger one on a tie)."""
+    if face == "largest":
+        return detections[0]
+    height, width = shape[:2]
+
+    def off_centre(detection: Detection) -> float:
+        x, y, w, h = detection.box
+        return math.hypot(x + w / 2 - width / 2, y + h / 2 - height / 2)
+
+    return min(detections, key=off_centre)
 
 
 def detect_and_align(
@@ -182,17 +209,19 @@ def detect_and_align(
     limits: dict[str, int],
     progress: Progress = no_progress,
     locator: LandmarkLocator | None = None,
+    face: FacePick = "largest",
 ) -> DetectionPass:
     """Decode, detect and align every image in parallel threads (results in dataset order).
 
-    ``detector`` is ``(name, detector)``; ``locator`` is required for ``landmarks`` alignment.
+    ``detector`` is ``(name, detector)``; ``locator`` is required for ``landmarks`` alignment;
+    ``face`` says which face of an image with several is evaluated.
     """
     detector_name, face_detector = detector
     if align == "landmarks" and locator is None:
         raise EvaluationError("landmark alignment needs the landmark model: facerank models fetch")
 
     def analyze(path: Path) -> tuple[list[np.ndarray], str] | InvalidImageError | None:
-        """The largest face's chip in every layout and the alignment method used; ``None``
+        """The chosen face's chip in every layout and the alignment method used; ``None``
         without a face."""
         try:
             pixels = read_image_file(path, **limits).pixels
@@ -201,10 +230,11 @@ def detect_and_align(
         detections = face_detector.detect(pixels)
         if not detections:
             return None
+        chosen = pick_face(detections, pixels.shape, face)
         points = None
         if align == "landmarks" and locator is not None:
-            [points] = locator.locate(pixels, [detections[0].box])
-        aligned = [align_face(pixels, detections[0], spec, align, points) for spec in specs]
+            [points] = locator.locate(pixels, [chosen.box])
+        aligned = [align_face(pixels, chosen, spec, align, points) for spec in specs]
         return [face.chip for face in aligned], aligned[0].method
 
     started = time.perf_counter()
