@@ -26,14 +26,15 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, lfw_faces: np.ndarray) -> 
 def test_compares_embedders_and_alignments_side_by_side(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     args = ["--embedder", "lbp-v0", "--embedder", "lbph", "--align", "eyes", "--align", "box"]
+    args += ["--detector", "haar"]
     result = facerank("eval", str(dataset), *args, "--out", str(out), data_dir=tmp_path)
     table = result.stdout.splitlines()
-    assert table[0].startswith("| embedder | align | faces | rank-1 | rank-5 |")
-    assert [row.split(" | ")[:3] for row in table[2:]] == [
-        ["| lbp-v0", "eyes", "16/16"],
-        ["| lbph", "eyes", "16/16"],
-        ["| lbp-v0", "box", "16/16"],
-        ["| lbph", "box", "16/16"],
+    assert table[0].startswith("| embedder | align | detector | faces | rank-1 | rank-5 |")
+    assert [row.split(" | ")[:4] for row in table[2:]] == [
+        ["| lbp-v0", "eyes", "haar", "16/16"],
+        ["| lbph", "eyes", "haar", "16/16"],
+        ["| lbp-v0", "box", "haar", "16/16"],
+        ["| lbph", "box", "haar", "16/16"],
     ]
     assert (
         (out / "report.md")
@@ -116,6 +117,9 @@ def test_bad_datasets_exit_2_with_the_reason(tmp_path: Path, case: str, message:
         (["--threshold", "3"], "invalid_config: FACERANK_MATCH_THRESHOLD must be in (0, 2]"),
         (["--out", "{file}"], "invalid_config: --out {file} exists and is not a folder"),
         (["--align", "nose"], "argument --align: invalid choice: 'nose'"),
+        (["--detector", "hog"], "argument --detector: invalid choice: 'hog'"),
+        (["--pairs-train", "{file}"], "invalid_config: --pairs-train needs --pairs"),
+        (["--face", "centre"], "invalid_config: --face applies to --pairs"),
     ],
 )
 def test_bad_options_exit_2(dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:

@@ -296,7 +296,7 @@ def run_on(root: Path) -> EvaluationRun:
         load_dataset(root),
         [load_scorer("lbp-v0", SETTINGS), load_scorer("lbph", SETTINGS)],
         ["eyes", "box"],
-        detector=HaarFaceDetector(),
+        detectors={"haar": HaarFaceDetector()},
         threshold=0.6,
     )
 
@@ -355,7 +355,7 @@ def test_a_savedmodel_contender_gets_its_own_chip_layout(
         load_dataset(face_dataset),
         [load_scorer("lbp-v0", SETTINGS), load_scorer(str(model_dir), SETTINGS)],
         ["eyes"],
-        detector=HaarFaceDetector(),
+        detectors={"haar": HaarFaceDetector()},
         threshold=0.6,
     )
     [detection] = run.passes
@@ -365,7 +365,7 @@ def test_a_savedmodel_contender_gets_its_own_chip_layout(
     assert pixels.metrics.faces == lbp.metrics.faces == len(detection.sources)
     assert pixels.metrics.rank1 > 0.5
     assert pixels.metrics.at_threshold is not None
-    assert "| pixels-1 | eyes |" in markdown(run)
+    assert "| pixels-1 | eyes | haar |" in markdown(run)
 
 
 def test_report_files(face_run: EvaluationRun, tmp_path: Path) -> None:
@@ -373,8 +373,8 @@ def test_report_files(face_run: EvaluationRun, tmp_path: Path) -> None:
     text = files.markdown.read_text(encoding="utf-8")
     lines = text.splitlines()
     assert lines[0] == "# facerank eval: lfw-sample"
-    assert lines[2].startswith("| embedder | align | faces | rank-1 | rank-5 |")
-    assert lines[4].startswith("| lbp-v0 | eyes | 32/32 |")
+    assert lines[2].startswith("| embedder | align | detector | faces | rank-1 | rank-5 |")
+    assert lines[4].startswith("| lbp-v0 | eyes | haar | 32/32 |")
     assert "- person-0/notes.jpg: not_an_image: " in text
     report = json.loads(files.json.read_text(encoding="utf-8"))
     assert report == json.loads(json.dumps(report_json(face_run)))
@@ -400,7 +400,7 @@ def test_hostile_names_cannot_break_the_reports(tmp_path: Path, lfw_faces: np.nd
         load_dataset(root),
         [load_scorer("lbp-v0", SETTINGS)],
         ["eyes"],
-        detector=HaarFaceDetector(),
+        detectors={"haar": HaarFaceDetector()},
         threshold=0.6,
     )
     files = write_report(run, tmp_path / "out")
@@ -412,7 +412,7 @@ def test_hostile_names_cannot_break_the_reports(tmp_path: Path, lfw_faces: np.nd
     assert "<script>" not in text
     cells = [line.count(" | ") for line in text.splitlines() if line.startswith("|")]
     assert all(line.endswith(" |") for line in text.splitlines() if line.startswith("|"))
-    assert cells[:3] == [10, 10, 10]  # the summary table: 11 columns
+    assert cells[:3] == [11, 11, 11]  # the summary table: 12 columns
     assert cells[-6:] == [3] * 6  # the hardest probes: 4 columns, all 4 faces listed
     report = json.loads(files.json.read_bytes().decode("utf-8"))
     assert {s["code"] for s in report["dataset"]["skipped"]} == {"invalid_identity"}

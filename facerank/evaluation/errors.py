@@ -13,3 +13,9 @@ class DatasetError(EvaluationError):
     """``DATASET_DIR`` is not a readable folder of ``<identity>/<image>`` files."""
 
     code = "invalid_dataset"
+
+
+class PairsFileError(EvaluationError):
+    """A pairs file (LFW's format) is unreadable, malformed at a line, or names no pair."""
+
+    code = "invalid_pairs_file"

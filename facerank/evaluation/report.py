@@ -12,13 +12,13 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from facerank.evaluation.dataset import LabelledImage, Skipped
-from facerank.evaluation.metrics import OperatingPoint, Probe
+from facerank.evaluation.metrics import OperatingPoint, Probe, Roc
 from facerank.evaluation.run import DetectionPass, EvaluationRun, ScorerResult
 
 HARDEST_SHOWN = 5
@@ -57,28 +57,30 @@ def report_json(run: EvaluationRun) -> dict[str, Any]:
             "root": safe_text(str(dataset.root)),
             "files": len(dataset.images),
             "identities": len({image.identity for image in dataset.images}),
-            "skipped": [_skipped_json(run, s) for s in dataset.skipped],
-            "unreadable": [_skipped_json(run, s) for s in first.unreadable],
+            "skipped": [skipped_json(dataset.root, s) for s in dataset.skipped],
+            "unreadable": [skipped_json(dataset.root, s) for s in first.unreadable],
         },
         "created": run.created.isoformat(timespec="seconds"),
         "seconds": run.seconds,
         "threshold": run.threshold,
-        "alignments": [_pass_json(p) for p in run.passes],
+        "alignments": [pass_json(p) for p in run.passes],
         "results": [_result_json(run, result) for result in run.results],
         "notes": list(run.notes),
     }
 
 
-def _skipped_json(run: EvaluationRun, skipped: Skipped) -> dict[str, str]:
+def skipped_json(root: Path, skipped: Skipped) -> dict[str, str]:
+    """A skipped or unreadable file, its path relative to the dataset's ``root``."""
     return {
-        "path": _relative(run, skipped.path),
+        "path": relative_path(root, skipped.path),
         "code": skipped.code,
         "message": safe_text(skipped.message),
     }
 
 
-def _pass_json(detection: DetectionPass) -> dict[str, Any]:
+def pass_json(detection: DetectionPass) -> dict[str, Any]:
     return {
+        "detector": detection.detector,
         "align": detection.align,
         "images": detection.images,
         "faces": len(detection.sources),
@@ -94,15 +96,37 @@ def _result_json(run: EvaluationRun, result: ScorerResult) -> dict[str, Any]:
     metrics["worst_probes"] = [_probe_json(run, result, p) for p in result.metrics.worst_probes]
     far, tar = result.metrics.roc.sampled(ROC_POINTS)
     return {
-        "embedder": safe_text(result.name),
-        "model_version": result.model_version,
-        "align": result.align,
-        "distance": "euclidean" if result.unit_distances else "chi-square",
+        **contender_json(result),
         "faces_per_s": result.faces_per_s,
         "images_per_s": result.images_per_s,
         "feature_seconds": result.feature_seconds,
         "metrics": metrics,
         "roc": {"far": far.tolist(), "tar": tar.tolist()},
+    }
+
+
+class Contender(Protocol):
+    """What every result row says about whom it measures (both protocols' results)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def detector(self) -> str: ...
+    @property
+    def align(self) -> str: ...
+    @property
+    def unit_distances(self) -> bool: ...
+
+
+def contender_json(result: Contender) -> dict[str, str]:
+    return {
+        "embedder": safe_text(result.name),
+        "model_version": result.model_version,
+        "detector": result.detector,
+        "align": result.align,
+        "distance": "euclidean" if result.unit_distances else "chi-square",
     }
 
 
@@ -126,7 +150,9 @@ def _probe_json(run: EvaluationRun, result: ScorerResult, probe: Probe) -> dict[
 
 def _image_of(run: EvaluationRun, result: ScorerResult) -> Callable[[int], LabelledImage]:
     """Face index of ``result`` -> its dataset image."""
-    [detection] = [p for p in run.passes if p.align == result.align]
+    [detection] = [
+        p for p in run.passes if (p.detector, p.align) == (result.detector, result.align)
+    ]
     return lambda face: run.dataset.images[detection.sources[face]]
 
 
@@ -139,6 +165,7 @@ def summary_table(run: EvaluationRun) -> str:
     header = [
         "embedder",
         "align",
+        "detector",
         "faces",
         "rank-1",
         "rank-5",
@@ -151,26 +178,27 @@ def summary_table(run: EvaluationRun) -> str:
         "end-to-end images/s",
     ]
     rows = [_summary_row(result) for result in run.results]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _summary_row(result: ScorerResult) -> list[str]:
     m = result.metrics
     at_match = (
-        f"{_pct(m.at_threshold.accuracy)} / {_pct(m.at_threshold.tar)} / "
-        f"{_pct(m.at_threshold.far)} at {m.at_threshold.threshold:g}"
+        f"{pct(m.at_threshold.accuracy)} / {pct(m.at_threshold.tar)} / "
+        f"{pct(m.at_threshold.far)} at {m.at_threshold.threshold:g}"
         if m.at_threshold is not None
         else "n/a (chi-square distances)"
     )
     return [
-        _cell(result.model_version),
+        cell(result.model_version),
         result.align,
+        result.detector,
         f"{m.faces}/{result.images}",
-        _pct(m.rank1),
-        _pct(m.rank5),
-        _with_threshold(m.best.accuracy, m.best),
+        pct(m.rank1),
+        pct(m.rank5),
+        with_threshold(m.best.accuracy, m.best),
         at_match,
-        *(_with_threshold(point.tar, point) for _, point in m.tar_at_far),
+        *(with_threshold(point.tar, point) for _, point in m.tar_at_far),
         f"{result.faces_per_s:,.0f}",
         f"{result.images_per_s:,.1f}",
     ]
@@ -180,9 +208,9 @@ def markdown(run: EvaluationRun) -> str:
     dataset = run.dataset
     first = run.passes[0]
     parts = [
-        f"# facerank eval: {_cell(dataset.name)}\n",
+        f"# facerank eval: {cell(dataset.name)}\n",
         summary_table(run),
-        f"Dataset {_cell(str(dataset.root))}: {len(dataset.images)} files of "
+        f"Dataset {cell(str(dataset.root))}: {len(dataset.images)} files of "
         f"{len({i.identity for i in dataset.images})} identities ({len(first.unreadable)} "
         f"unreadable as images); skipped entries: {len(dataset.skipped)}. Run "
         f"{run.created.isoformat(timespec='seconds')}, {run.seconds:.1f} s.\n",
@@ -197,15 +225,21 @@ def markdown(run: EvaluationRun) -> str:
 def _detection_section(run: EvaluationRun) -> str:
     rows = [
         [
+            p.detector,
             p.align,
-            f"{len(p.sources)}/{p.images} ({_pct(p.detection_rate)})",
-            ", ".join(f"{name} {count}" for name, count in sorted(p.methods.items())),
+            f"{len(p.sources)}/{p.images} ({pct(p.detection_rate)})",
+            methods_text(p),
             f"{p.images / p.seconds:,.1f}" if p.seconds > 0 else "-",
         ]
         for p in run.passes
     ]
-    header = ["align", "faces found / images", "faces placed by", "images/s"]
-    return "## Detection and alignment\n\n" + _table(header, rows)
+    header = ["detector", "align", "faces found / images", "faces placed by", "images/s"]
+    return "## Detection and alignment\n\n" + table(header, rows)
+
+
+def methods_text(detection: DetectionPass) -> str:
+    """How many faces each alignment method placed, e.g. ``box 3, landmarks 97``."""
+    return ", ".join(f"{name} {count}" for name, count in sorted(detection.methods.items()))
 
 
 def _notes_section(run: EvaluationRun) -> str:
@@ -217,7 +251,7 @@ def _notes_section(run: EvaluationRun) -> str:
         "probe); identities with a single face are distractors only.",
         f"Verification covers all {m.genuine_pairs:,} same-identity and {m.impostor_pairs:,} "
         f"different-identity pairs; rejecting every pair would score accuracy "
-        f"{_pct(reject_all)}. A pair is accepted when its distance <= the threshold.",
+        f"{pct(reject_all)}. A pair is accepted when its distance <= the threshold.",
         "Throughput: embedding is timed alone, after a warm-up; end-to-end adds the shared "
         "decode + detect + align pass of the variant.",
         *(safe_text(note) for note in run.notes),
@@ -230,40 +264,47 @@ def _hardest_section(run: EvaluationRun, result: ScorerResult) -> str:
     rows = [
         [
             str(p.rank),
-            _cell(_relative(run, image(p.index).path)),
-            f"{_cell(_relative(run, image(p.genuine_index).path))} ({p.genuine_distance:.4g})",
-            f"{_cell(_relative(run, image(p.impostor_index).path))} ({p.impostor_distance:.4g})",
+            cell(_relative(run, image(p.index).path)),
+            f"{cell(_relative(run, image(p.genuine_index).path))} ({p.genuine_distance:.4g})",
+            f"{cell(_relative(run, image(p.impostor_index).path))} ({p.impostor_distance:.4g})",
         ]
         for p in result.metrics.worst_probes[:HARDEST_SHOWN]
     ]
     header = ["rank", "probe", "nearest same identity", "nearest other identity"]
-    title = f"## Hardest probes: {_cell(result.model_version)}, {result.align}\n\n"
-    return title + _table(header, rows)
+    title = (
+        f"## Hardest probes: {cell(result.model_version)}, {result.align}, {result.detector}\n\n"
+    )
+    return title + table(header, rows)
 
 
 def _skipped_section(run: EvaluationRun) -> str:
     entries = [*run.dataset.skipped, *run.passes[0].unreadable]
     if not entries:
         return ""
-    lines = [f"- {_cell(_relative(run, s.path))}: {s.code}: {_cell(s.message)}" for s in entries]
+    lines = [f"- {cell(_relative(run, s.path))}: {s.code}: {cell(s.message)}" for s in entries]
     return "## Skipped and unreadable\n\n" + "\n".join(lines) + "\n"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (cells must already be safe: see :func:`cell`)."""
     lines = [header, ["---"] * len(header), *rows]
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
 
 
-def _with_threshold(value: float, point: OperatingPoint) -> str:
-    return f"{_pct(value)} ({point.threshold:.4g})"
+def with_threshold(value: float, point: OperatingPoint) -> str:
+    return f"{pct(value)} ({point.threshold:.4g})"
 
 
-def _pct(value: float) -> str:
+def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
 def _relative(run: EvaluationRun, path: Path) -> str:
-    return safe_text(os.path.relpath(path, run.dataset.root))
+    return relative_path(run.dataset.root, path)
+
+
+def relative_path(root: Path, path: Path) -> str:
+    return safe_text(os.path.relpath(path, root))
 
 
 def safe_text(text: str) -> str:
@@ -271,7 +312,7 @@ def safe_text(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _cell(text: str) -> str:
+def cell(text: str) -> str:
     """Text for a Markdown table cell: control characters escaped, no ``|``, no raw HTML."""
     visible = "".join(c if c.isprintable() else repr(c)[1:-1] for c in safe_text(text))
     return html.escape(visible, quote=False).replace("|", "\\|")
@@ -281,7 +322,13 @@ def _cell(text: str) -> str:
 
 
 def plot_roc(run: EvaluationRun, path: Path) -> None:
-    """TAR against FAR on a log axis, one curve per contender and variant (Agg, no display).
+    """One ROC curve per contender and variant of a leave-one-out run."""
+    curves = [(f"{r.align}, {r.detector}: {r.model_version}", r.metrics.roc) for r in run.results]
+    plot_curves(curves, f"ROC: {run.dataset.name}", path)
+
+
+def plot_curves(curves: Sequence[tuple[str, Roc]], title: str, path: Path) -> None:
+    """TAR against FAR on a log axis, one labelled curve each (Agg, no display).
 
     A bare ``Figure`` draws with the Agg canvas and leaves pyplot's global state alone.
     """
@@ -289,20 +336,19 @@ def plot_roc(run: EvaluationRun, path: Path) -> None:
 
     figure = Figure(figsize=(7, 5), dpi=120)
     axes = figure.subplots()
-    for result in run.results:
-        far, tar = result.metrics.roc.sampled(ROC_POINTS)
-        axes.step(
-            far, tar, where="post", label=_plot_text(f"{result.align}: {result.model_version}")
-        )
-    lowest = min(1 / r.metrics.impostor_pairs for r in run.results)
+    for label, roc in curves:
+        far, tar = roc.sampled(ROC_POINTS)
+        axes.step(far, tar, where="post", label=_plot_text(label))
+    lowest = min((1 / roc.impostor_pairs for _, roc in curves), default=1e-3)
     axes.set_xscale("log")
     axes.set_xlim(lowest, 1.0)
     axes.set_ylim(0.0, 1.01)
     axes.set_xlabel("false accept rate (different-identity pairs accepted)")
     axes.set_ylabel("true accept rate (same-identity pairs accepted)")
-    axes.set_title(_plot_text(f"ROC: {run.dataset.name}"))
+    axes.set_title(_plot_text(title))
     axes.grid(visible=True, which="both", alpha=0.3)
-    axes.legend(loc="lower right")
+    if curves:
+        axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, format="png")
 

@@ -1,22 +1,24 @@
 """One evaluation run: every contender scored on the same faces, side by side.
 
-Detection and alignment run once per alignment variant, aligning each image's largest face into
-every chip layout the contenders need, and are shared by all of them: the accuracy comparison
-is then about descriptors alone, and the embedding throughput is timed apart from detection
-(end-to-end images/s adds the two). Results are deterministic: files are read in the dataset's
-sorted order, the detector and aligner are deterministic, and the metrics break ties by index.
+Detection and alignment run once per detector and alignment variant, aligning each image's
+largest face into every chip layout the contenders need, and are shared by all of them: the
+accuracy comparison within a variant is then about descriptors alone, and the embedding
+throughput is timed apart from detection (end-to-end images/s adds the two). Results are
+deterministic: files are read in the dataset's sorted order, the detector and aligner are
+deterministic, and the metrics break ties by index.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -25,11 +27,22 @@ from facerank.evaluation.baselines import Scorer
 from facerank.evaluation.dataset import Dataset, Skipped
 from facerank.evaluation.errors import EvaluationError
 from facerank.evaluation.metrics import Metrics, evaluate_distances
-from facerank.faces import AlignMode, ChipSpec, FaceDetector, LandmarkLocator, align_face
+from facerank.faces import (
+    AlignMode,
+    ChipSpec,
+    Detection,
+    FaceDetector,
+    LandmarkLocator,
+    align_face,
+)
 from facerank.imaging import read_image_file
 from facerank.pipeline import ordered_map
 
 T = TypeVar("T")
+
+FacePick = Literal["largest", "centre"]
+"""Which face of an image with several is evaluated: the largest, as the product enrolls a
+photo, or the one nearest the image's centre (LFW's images are centred on their subject)."""
 
 WARMUP_CHIPS = 8
 """Chips each contender embeds untimed first: a SavedModel traces its graph on the first call,
@@ -51,6 +64,8 @@ def no_progress(items: Iterable[T], *, total: int, unit: str) -> Iterable[T]:
 class DetectionPass:
     """What one detection + alignment pass found: the largest face of each image, as chips."""
 
+    detector: str
+    """The detector's name (``FACERANK_DETECTOR``'s values)."""
     align: AlignMode
     images: int
     """Images that decoded (the detection rate's denominator)."""
@@ -75,6 +90,7 @@ class ScorerResult:
 
     name: str
     model_version: str
+    detector: str
     align: AlignMode
     unit_distances: bool
     metrics: Metrics
@@ -112,29 +128,25 @@ def evaluate(
     scorers: Sequence[Scorer],
     aligns: Sequence[AlignMode],
     *,
-    detector: FaceDetector,
+    detectors: Mapping[str, FaceDetector],
     locator: LandmarkLocator | None = None,
     threshold: float | None,
     limits: dict[str, int] | None = None,
     notes: Sequence[str] = (),
     progress: Progress = no_progress,
 ) -> EvaluationRun:
-    """Score every scorer on every alignment variant of ``dataset``'s largest faces.
+    """Score every scorer on every detector and alignment variant of ``dataset``'s largest faces.
 
-    ``limits`` are the decoder's byte and pixel limits; ``threshold`` is the match threshold
-    for every model (None: each model's own), applied where distances are unit-vector ones.
+    ``detectors`` maps each detector's name to the detector; ``limits`` are the decoder's byte
+    and pixel limits; ``threshold`` is the match threshold for every model (None: each model's
+    own), applied where distances are unit-vector ones.
     """
-    if not scorers or not aligns:
-        raise EvaluationError("nothing to evaluate: give at least one embedder and alignment")
     started = time.perf_counter()
     created = datetime.now(UTC)
-    specs = list(dict.fromkeys(scorer.chip for scorer in scorers))
     passes: list[DetectionPass] = []
     results: list[ScorerResult] = []
-    for align in aligns:
-        detection = detect_and_align(
-            dataset, detector, align, specs, limits or {}, progress, locator
-        )
+    variants = detection_passes(dataset, scorers, aligns, detectors, locator, limits, progress)
+    for detection in variants:
         passes.append(detection)
         labels = [dataset.images[i].identity for i in detection.sources]
         for scorer in progress(scorers, total=len(scorers), unit="embedder"):
@@ -150,36 +162,79 @@ def evaluate(
     )
 
 
+def detection_passes(
+    dataset: Dataset,
+    scorers: Sequence[Scorer],
+    aligns: Sequence[AlignMode],
+    detectors: Mapping[str, FaceDetector],
+    locator: LandmarkLocator | None,
+    limits: dict[str, int] | None,
+    progress: Progress,
+    face: FacePick = "largest",
+) -> Iterator[DetectionPass]:
+    """One :func:`detect_and_align` pass per detector and alignment, in that order, each with
+    the chips of every layout ``scorers`` need; one at a time, so only one pass's chips are
+    held while its scorers run."""
+    if not scorers or not aligns or not detectors:
+        raise EvaluationError(
+            "nothing to evaluate: give at least one embedder, alignment and detector"
+        )
+    specs = list(dict.fromkeys(scorer.chip for scorer in scorers))
+    for name, detector in detectors.items():
+        for align in aligns:
+            yield detect_and_align(
+                dataset, (name, detector), align, specs, limits or {}, progress, locator, face
+            )
+
+
+def pick_face(detections: Sequence[Detection], shape: tuple[int, ...], face: FacePick) -> Detection:
+    """The face to evaluate of an image's ``detections`` (largest first): the first, or the
+    one whose box centre is nearest the image's centre (the larger one on a tie)."""
+    if face == "largest":
+        return detections[0]
+    height, width = shape[:2]
+
+    def off_centre(detection: Detection) -> float:
+        x, y, w, h = detection.box
+        return math.hypot(x + w / 2 - width / 2, y + h / 2 - height / 2)
+
+    return min(detections, key=off_centre)
+
+
 def detect_and_align(
     dataset: Dataset,
-    detector: FaceDetector,
+    detector: tuple[str, FaceDetector],
     align: AlignMode,
     specs: Sequence[ChipSpec],
     limits: dict[str, int],
     progress: Progress = no_progress,
     locator: LandmarkLocator | None = None,
+    face: FacePick = "largest",
 ) -> DetectionPass:
     """Decode, detect and align every image in parallel threads (results in dataset order).
 
-    ``locator`` is required for ``landmarks`` alignment.
+    ``detector`` is ``(name, detector)``; ``locator`` is required for ``landmarks`` alignment;
+    ``face`` says which face of an image with several is evaluated.
     """
+    detector_name, face_detector = detector
     if align == "landmarks" and locator is None:
         raise EvaluationError("landmark alignment needs the landmark model: facerank models fetch")
 
     def analyze(path: Path) -> tuple[list[np.ndarray], str] | InvalidImageError | None:
-        """The largest face's chip in every layout and the alignment method used; ``None``
+        """The chosen face's chip in every layout and the alignment method used; ``None``
         without a face."""
         try:
             pixels = read_image_file(path, **limits).pixels
         except InvalidImageError as exc:
             return exc
-        detections = detector.detect(pixels)
+        detections = face_detector.detect(pixels)
         if not detections:
             return None
+        chosen = pick_face(detections, pixels.shape, face)
         points = None
         if align == "landmarks" and locator is not None:
-            [points] = locator.locate(pixels, [detections[0].box])
-        aligned = [align_face(pixels, detections[0], spec, align, points) for spec in specs]
+            [points] = locator.locate(pixels, [chosen.box])
+        aligned = [align_face(pixels, chosen, spec, align, points) for spec in specs]
         return [face.chip for face in aligned], aligned[0].method
 
     started = time.perf_counter()
@@ -205,6 +260,7 @@ def detect_and_align(
             + (f" ({len(unreadable)} files could not be read as images)" if unreadable else "")
         )
     return DetectionPass(
+        detector=detector_name,
         align=align,
         images=images,
         sources=tuple(sources),
@@ -219,11 +275,7 @@ def score(
     scorer: Scorer, detection: DetectionPass, labels: Sequence[str], threshold: float | None
 ) -> ScorerResult:
     """Features (timed, after a warm-up), distances and metrics of one scorer on one variant."""
-    chips = detection.chips[scorer.chip]
-    scorer.features(chips[:WARMUP_CHIPS])
-    started = time.perf_counter()
-    features = scorer.features(chips)
-    feature_seconds = time.perf_counter() - started
+    features, feature_seconds = timed_features(scorer, detection.chips[scorer.chip])
     metrics = evaluate_distances(
         scorer.distances(features),
         labels,
@@ -232,6 +284,7 @@ def score(
     return ScorerResult(
         name=scorer.name,
         model_version=scorer.model_version,
+        detector=detection.detector,
         align=detection.align,
         unit_distances=scorer.unit_distances,
         metrics=metrics,
@@ -239,3 +292,11 @@ def score(
         detect_seconds=detection.seconds,
         images=detection.images,
     )
+
+
+def timed_features(scorer: Scorer, chips: np.ndarray) -> tuple[np.ndarray, float]:
+    """``scorer``'s features of ``chips`` and their wall time, after an untimed warm-up."""
+    scorer.features(chips[:WARMUP_CHIPS])
+    started = time.perf_counter()
+    features = scorer.features(chips)
+    return features, time.perf_counter() - started
