@@ -13,6 +13,10 @@
 #
 # Base images are pinned to exact versions; the final images run as uid 10001 and need no
 # writable path but /tmp (mount an emptyDir there and set readOnlyRootFilesystem).
+#
+# Platforms: linux/amd64 and linux/arm64 (Apple-silicon kind or minikube). pyproject.toml
+# installs tensorflow-cpu on x86-64 and tensorflow itself elsewhere, where tensorflow-cpu has
+# no wheel; both base images are published for both platforms.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG NODE_IMAGE=node:20.19.5-bookworm-slim
