@@ -65,7 +65,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     FACERANK_LISTEN_HOST=0.0.0.0
 WORKDIR /app
 COPY facerank/ /app/facerank/
-ENTRYPOINT ["python", "-m"]
+# `python -m facerank.launch <module>` runs `python -m <module>` as PID 1 so that SIGTERM stops
+# it at any moment, start-up included (the kernel drops it otherwise): see facerank/launch.py.
+# A manifest's args name the module, e.g. ["functions.enroll"].
+ENTRYPOINT ["python", "-m", "facerank.launch"]
 
 # --- the components: each adds its own package and its default entry point ----------------------
 FROM runtime AS functions

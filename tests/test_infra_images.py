@@ -141,7 +141,9 @@ def test_every_component_has_a_target_that_runs_as_non_root() -> None:
         assert uid.isdigit()
         assert int(uid) != 0, target
         assert not gid or int(gid) != 0
-        assert last(target, "ENTRYPOINT") == '["python", "-m"]'
+        assert last(target, "ENTRYPOINT") == '["python", "-m", "facerank.launch"]'
+    assert module_file("facerank.launch", main=True), "the entry point's launcher exists"
+    assert "facerank" in packages_of("runtime")
 
 
 def dockerignore_allows(path: str) -> bool:
