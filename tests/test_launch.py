@@ -132,10 +132,27 @@ def test_a_serving_component_drains_with_its_own_handler(tmp_path: Path) -> None
     assert "while starting" not in component.output()
 
 
-def test_arguments_and_exit_status_pass_through(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("job_env", "refusal"),
+    [
+        ({}, "cannot start (run_not_found): no training run at"),
+        (  # the Job's variables without JOB_COMPLETION_INDEX: the cluster, before the config
+            {
+                "FACERANK_TRAIN_JOB": "facerank-train-x",
+                "FACERANK_TRAIN_SERVICE": "facerank-train-x",
+                "FACERANK_TRAIN_WORKERS": "2",
+            },
+            "cannot start (invalid_cluster): TF_CONFIG is not set and JOB_COMPLETION_INDEX missing",
+        ),
+    ],
+)
+def test_arguments_and_exit_status_pass_through(
+    job_env: dict[str, str], refusal: str, tmp_path: Path
+) -> None:
     """The worker's own refusal (exit 2: a Job's FailJob) is what the launcher returns."""
-    env = {**os.environ, "FACERANK_DATA_DIR": str(tmp_path)}
-    env.pop("FACERANK_TRAIN_CONFIG", None)
+    env = {**os.environ, "FACERANK_DATA_DIR": str(tmp_path), **job_env}
+    for name in ("FACERANK_TRAIN_CONFIG", "TF_CONFIG", "JOB_COMPLETION_INDEX"):
+        env.pop(name, None)
     missing = tmp_path / "runs" / "none" / "config.json"
     result = subprocess.run(
         [sys.executable, "-m", "facerank.launch", "training.worker", str(missing)],
@@ -146,7 +163,7 @@ def test_arguments_and_exit_status_pass_through(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 2, result.stderr
-    assert f"cannot start (run_not_found): no training run at {missing.parent}" in result.stderr
+    assert refusal in result.stderr
     assert "Traceback" not in result.stderr
 
 
