@@ -14,9 +14,10 @@
 # Base images are pinned to exact versions; the final images run as uid 10001 and need no
 # writable path but /tmp (mount an emptyDir there and set readOnlyRootFilesystem).
 #
-# Platforms: linux/amd64 and linux/arm64 (Apple-silicon kind or minikube). pyproject.toml
+# Platforms: linux/amd64, built and checked (infra/images/check.py); linux/arm64 for
+# Apple-silicon kind or minikube, resolved (pip --platform) but not built here: pyproject.toml
 # installs tensorflow-cpu on x86-64 and tensorflow itself elsewhere, where tensorflow-cpu has
-# no wheel; both base images are published for both platforms.
+# no wheel, and psutil is compiled (below); both base images are published for both.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG NODE_IMAGE=node:20.19.5-bookworm-slim
@@ -37,6 +38,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
+# psutil < 6 (KServe 0.21 pins it) publishes no Linux arm64 wheel, so pip builds it from source
+# there: a C compiler in this stage only (the final images copy the venv, not the compiler).
+RUN if [ "$(uname -m)" != x86_64 ]; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 # Only the requirements: this layer (TensorFlow and all) is rebuilt when dependencies change,
 # not when code does.
 COPY --from=requirements /build/requirements.txt /build/requirements.txt
