@@ -430,6 +430,7 @@ def test_the_images_build_start_and_stop(tmp_path: Path) -> None:
         timeout=3500,
         check=False,
     )
+    print(run.stdout)  # the build times, sizes and timings, shown with -s or -rP
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-4000:]
     summary = json.loads(results.read_text(encoding="utf-8"))
     if "--skip-build" not in options:
