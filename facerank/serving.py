@@ -50,9 +50,11 @@ def serve(app: Any, *, host: str, port: int, name: str, threads: int = 8) -> Non
     server = create_server(
         app, host=host, port=port, threads=threads, clear_untrusted_proxy_headers=True
     )
-    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    log.info("%s listening on http://%s:%s", name, host, port)
-    try:
+    previous: dict[int, Any] = {}
+    try:  # handlers installed inside: a signal at any moment from here on closes the server
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _request_stop)
+        log.info("%s listening on http://%s:%s", name, host, port)
         server.run()  # waitress ends its loop on SystemExit and joins its request threads
     finally:
         server.close()

@@ -17,6 +17,8 @@ from facerank.settings import Settings
 from facerank.storage import open_store
 from inference.model import MODEL_NAME, FacerankModel
 
+log = logging.getLogger("inference")
+
 OPEN_PATHS = frozenset(
     {
         "/",
@@ -44,6 +46,8 @@ def main() -> None:
         refresh_s=settings.gallery_refresh_s,
         threshold=settings.match_threshold,
     )
+    # Readiness waits for this (seconds with TensorFlow, longer while the store is away).
+    log.info("loading the active model and its gallery")
     model.load()
     if settings.api_token:
         # KServe serves this module-level FastAPI app; a middleware added before start wraps

@@ -1,17 +1,26 @@
-"""The images and skaffold.yaml, checked without a Docker engine (CI has none).
+"""The images and skaffold.yaml, checked without a Docker engine (CI has none), and then built.
 
 What can be known without building: base images pinned to exact versions, a non-root user in
 every final image, every COPY source present and let through ``.dockerignore``, every entry
 point a module of the packages its image contains (imports included), the pretrained model
 baked where the final image looks for it, and a skaffold.yaml that validates against its schema
 and builds exactly the images the manifests use.
+
+What needs the images: ``infra/images/check.py`` builds them with podman and starts each as the
+dev overlay runs it; :func:`test_the_images_build_start_and_stop` runs it in the ``images``
+lane (``pytest -m images``; deselected by default, as it takes minutes).
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -141,7 +150,9 @@ def test_every_component_has_a_target_that_runs_as_non_root() -> None:
         assert uid.isdigit()
         assert int(uid) != 0, target
         assert not gid or int(gid) != 0
-        assert last(target, "ENTRYPOINT") == '["python", "-m"]'
+        assert last(target, "ENTRYPOINT") == '["python", "-m", "facerank.launch"]'
+    assert module_file("facerank.launch", main=True), "the entry point's launcher exists"
+    assert "facerank" in packages_of("runtime")
 
 
 def dockerignore_allows(path: str) -> bool:
@@ -395,3 +406,41 @@ def test_the_readme_deploy_section_names_real_files() -> None:
                 real = real.with_name(real.name + ".example")
             assert real.exists(), path
     assert "skaffold dev" in section
+
+
+# --- the images, built and started (the images lane) ------------------------------------------
+
+
+@pytest.mark.images
+@pytest.mark.timeout(3600)
+@needs_kubectl
+def test_the_images_build_start_and_stop(tmp_path: Path) -> None:
+    """All three targets build; each image starts as its manifest says, answers its probe and
+    stops within 5 s of SIGTERM; the worker refuses a missing TF_CONFIG (see the script).
+    ``FACERANK_IMAGES_CHECK_ARGS`` passes options such as ``--pull=never``."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (Debian: apt-get install podman)")
+    results = tmp_path / "results.json"
+    options = shlex.split(os.environ.get("FACERANK_IMAGES_CHECK_ARGS", ""))
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "infra/images/check.py"), "--results", str(results), *options],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=3500,
+        check=False,
+    )
+    print(run.stdout)  # the build times, sizes and timings, shown with -s or -rP
+    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-4000:]
+    summary = json.loads(results.read_text(encoding="utf-8"))
+    if "--skip-build" not in options:
+        assert set(summary["builds"]) == set(TARGETS)
+    checked = {c["check"].split(":")[0] for c in summary["checks"]}
+    ours = [
+        container
+        for pod in pods(rendered("dev"))
+        for container in pod.spec["containers"]
+        if str(container["image"]).startswith("facerank-")
+    ]
+    assert len(checked) == len(ours), checked  # every workload of ours was started
+    assert all(c["ok"] for c in summary["checks"])

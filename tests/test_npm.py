@@ -18,6 +18,7 @@ import pytest
 
 from facerank.npm import (
     FACE_API,
+    FILE_MODE,
     PackageIntegrityError,
     PackageUnavailableError,
     UnsafeArchiveError,
@@ -178,6 +179,41 @@ def test_huge_member_is_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArchiveError, match="over the 1024 byte limit"):
         extract_members(archive, ["package/*/*"], tmp_path / "out", max_member_bytes=1024)
     assert not (tmp_path / "out" / "package" / "demo" / "sample1.jpg").exists()
+
+
+def test_extracted_files_get_a_plain_mode(tmp_path: Path) -> None:
+    archive = tmp_path / "modes.tgz"
+    with tarfile.open(archive, "w:gz") as writer:
+        info = tarfile.TarInfo("package/demo/sample1.jpg")
+        info.size, info.mode = 3, 0o4777  # setuid, executable, world-writable
+        writer.addfile(info, io.BytesIO(b"one"))
+    (written,) = extract_members(archive, ["package/demo/*"], tmp_path / "out")
+    assert written.read_bytes() == b"one"
+    assert written.stat().st_mode & 0o7777 == FILE_MODE == 0o644
+
+
+def test_extraction_works_without_tarfile_filters(
+    tarball: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python before 3.11.4 (Debian bookworm's is 3.11.2) has neither ``filter=`` nor the
+    filter functions: tarfile is made to look like that one's."""
+    original = tarfile.TarFile.extract
+
+    def extract_3_11_2(
+        self: tarfile.TarFile,
+        member: str | tarfile.TarInfo,
+        path: str = "",
+        set_attrs: bool = True,
+        *,
+        numeric_owner: bool = False,
+    ) -> None:
+        original(self, member, path, set_attrs, numeric_owner=numeric_owner)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", extract_3_11_2)
+    for name in ("data_filter", "FilterError"):
+        monkeypatch.delattr(tarfile, name)
+    written = extract_members(tarball, ["package/*/*"], tmp_path / "out")
+    assert [p.read_bytes() for p in written] == [b"one", b"two", b"weights"]
 
 
 def test_not_an_archive_is_a_typed_error(tmp_path: Path) -> None:

@@ -183,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no run config: set %s (or pass its path)", CONFIG_ENV)
         return EXIT_FINAL
     try:
+        # The pod's place in the cluster first: it needs no I/O, and a broken pod template is
+        # then reported as such even where the shared volume is missing too.
+        cluster = cluster_from_env(os.environ)
         run = RunDir.of_config(path)
-        worker = Worker(run.read_config(), run, cluster_from_env(os.environ))
+        worker = Worker(run.read_config(), run, cluster)
     except FacerankError as exc:
-        log.error("cannot start: %s", exc)
+        log.error("cannot start (%s): %s", exc.code, exc)
         return EXIT_FINAL
     try:
         return worker.main()

@@ -16,10 +16,12 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s enroll %(levelname)s %(message)s"
     )
+    log = logging.getLogger(__name__)
     handler = build_handler(settings, open_store(settings))
+    log.info("loading the gallery and the active model")
     handler.gallery.ensure()
     pointer, _ = handler.models.current()  # load the model now, not on the first event
-    logging.getLogger(__name__).info(
+    log.info(
         "enrolling from bucket %r with model %s", settings.faces_bucket, pointer.active.version
     )
     serve(

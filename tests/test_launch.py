@@ -1,0 +1,205 @@
+"""Components started as their images start them (``python -m facerank.launch MODULE``): SIGTERM
+stops them at any moment, start-up included.
+
+In a container the entry point is PID 1, which the kernel gives no signal whose action is the
+default: without the launcher a SIGTERM while a component loads is dropped (issue 15). Here the
+processes are ordinary children, where the default action would kill them at once with -15;
+status 143 and the launcher's line show the launcher's handler stopped them instead, which is
+what makes PID 1 stop (``infra/images/check.py`` sends the same signal to the images).
+
+The store "never answers" as a MinIO that is still starting: a socket that accepts connections
+and never replies, so loading is certainly still under way when the signal arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from facerank.descriptor.landmarks import ensure_landmark_model
+from facerank.launch import EXIT_SIGTERM
+from facerank.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+STOP_S = 5.0
+"""What the image check allows after SIGTERM; Kubernetes' grace periods are longer."""
+START_S = 120.0
+"""Bounds waiting for a log line (imports and TensorFlow take seconds on a loaded machine)."""
+
+
+class Component:
+    """``python -m facerank.launch MODULE`` with its output read line by line."""
+
+    def __init__(self, module: str, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "facerank.launch", module],
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, text: str) -> None:
+        """Block until a line containing ``text`` was printed (fail if the process ended)."""
+        deadline = time.monotonic() + START_S
+        while True:
+            line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, f"ended before {text!r}:\n{self.output()}"
+            self.lines.append(line)
+            if text in line:
+                return
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status within :data:`STOP_S` (the rest of the output read)."""
+        self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(timeout=STOP_S)
+        while (line := self._queue.get(timeout=STOP_S)) is not None:
+            self.lines.append(line)
+        return status
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def silent_store() -> Iterator[str]:
+    """An S3 endpoint that accepts connections and never answers (read timeout: 30 s)."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def s3_env(endpoint: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "FACERANK_STORE": "s3",
+        "FACERANK_S3_ENDPOINT": endpoint,
+        "FACERANK_S3_ACCESS_KEY": "check",
+        "FACERANK_S3_SECRET_KEY": "check-secret",
+        "FACERANK_DATA_DIR": str(tmp_path / "data"),
+        "PORT": "0",
+    }
+
+
+@pytest.mark.parametrize(
+    ("module", "loading"),
+    [
+        ("inference", "loading the active model and its gallery"),
+        ("functions.enroll", "loading the gallery and the active model"),
+    ],
+)
+def test_sigterm_while_loading_stops_promptly(
+    module: str, loading: str, silent_store: str, tmp_path: Path
+) -> None:
+    component = Component(module, s3_env(silent_store, tmp_path))
+    try:
+        component.wait_for(loading)
+        status = component.stop()
+    finally:
+        component.process.kill()
+    assert status == EXIT_SIGTERM, component.output()
+    assert "SIGTERM while starting: stopping" in component.output()
+    assert "Traceback" not in component.output()
+
+
+@pytest.fixture(scope="module")
+def image_models(pretrained_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache as the images bake it (``facerank models fetch``: the descriptor and the
+    landmark net), made from the session's converted descriptor."""
+    cache = tmp_path_factory.mktemp("image-models")
+    shutil.copytree(pretrained_settings.cache_dir / "models", cache / "models")
+    ensure_landmark_model(Settings.from_env({}, data_dir=cache / "data", cache_dir=cache))
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("module", "listening"),
+    [("inference.web", "web listening on"), ("functions.enroll", "enroll listening on")],
+)
+def test_a_serving_component_drains_and_exits_promptly(
+    module: str, listening: str, image_models: Path, tmp_path: Path
+) -> None:
+    """Once serving, SIGTERM is the server's: waitress drains and the process exits 0, within
+    STOP_S even with TensorFlow and both models loaded (enroll), whose teardown at interpreter
+    exit alone took 12 s here."""
+    env = {
+        "FACERANK_DATA_DIR": str(tmp_path),
+        "FACERANK_CACHE_DIR": str(image_models),
+        "PORT": "0",
+    }
+    component = Component(module, env)
+    try:
+        component.wait_for(listening)
+        status = component.stop()
+    finally:
+        component.process.kill()
+    assert status == 0, component.output()
+    assert f"{listening.split()[0]} stopped" in component.output()
+    assert "while starting" not in component.output()
+
+
+@pytest.mark.parametrize(
+    ("job_env", "refusal"),
+    [
+        ({}, "cannot start (run_not_found): no training run at"),
+        (  # the Job's variables without JOB_COMPLETION_INDEX: the cluster, before the config
+            {
+                "FACERANK_TRAIN_JOB": "facerank-train-x",
+                "FACERANK_TRAIN_SERVICE": "facerank-train-x",
+                "FACERANK_TRAIN_WORKERS": "2",
+            },
+            "cannot start (invalid_cluster): TF_CONFIG is not set and JOB_COMPLETION_INDEX missing",
+        ),
+    ],
+)
+def test_arguments_and_exit_status_pass_through(
+    job_env: dict[str, str], refusal: str, tmp_path: Path
+) -> None:
+    """The worker's own refusal (exit 2: a Job's FailJob) is what the launcher returns."""
+    env = {**os.environ, "FACERANK_DATA_DIR": str(tmp_path), **job_env}
+    for name in ("FACERANK_TRAIN_CONFIG", "TF_CONFIG", "JOB_COMPLETION_INDEX"):
+        env.pop(name, None)
+    missing = tmp_path / "runs" / "none" / "config.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "facerank.launch", "training.worker", str(missing)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert refusal in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_without_a_module_it_says_how_to_use_it() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "facerank.launch"],
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "usage: python -m facerank.launch MODULE" in result.stderr
