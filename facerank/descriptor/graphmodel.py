@@ -143,11 +143,16 @@ class GraphFunction:
         self.graph = graph
         self.output = output
         self.plan = _needed(graph, output)
-        self.variables = {
+        self.weights = {
             node.name: tf.Variable(graph.weights[node.name], trainable=False, name="w")
             for node in self.plan
             if node.op == "Const" and graph.weights[node.name].dtype == np.float32
         }
+
+    @property
+    def variables(self) -> list[Any]:
+        """The float constants as variables (what an export must track)."""
+        return list(self.weights.values())
 
     def __call__(self, images: Any) -> Any:
         """The output tensor for ``images`` (what the graph's placeholder takes)."""
@@ -156,7 +161,7 @@ class GraphFunction:
             if node.op == "Placeholder":
                 continue
             if node.op == "Const":
-                values[node.name] = self.variables.get(node.name, self.graph.weights[node.name])
+                values[node.name] = self.weights.get(node.name, self.graph.weights[node.name])
                 continue
             args = [values[_source_name(source)] for source in node.inputs]
             values[node.name] = _run(node, args)
