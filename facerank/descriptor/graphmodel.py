@@ -233,12 +233,34 @@ def _convolve(node: GraphNode, x: Any, kernel: Any) -> Any:
         flat = [int(p) for p in node.attr("explicit_paddings", [])]
         padding = [flat[i : i + 2] for i in range(0, 8, 2)]
     if node.op in ("DepthwiseConv2dNative", "FusedDepthwiseConv2dNative"):
+        if padding == "SAME":
+            padding = _same_padding(x.shape, kernel.shape, strides, dilations) or padding
         if isinstance(padding, list):
             x, padding = tf.pad(x, padding), "VALID"
         return tf.nn.depthwise_conv2d(
             x, kernel, strides=strides, padding=padding, dilations=dilations[1:3]
         )
     return tf.nn.conv2d(x, kernel, strides=strides, padding=padding, dilations=dilations)
+
+
+def _same_padding(
+    shape: Any, kernel: Any, strides: list[int], dilations: list[int]
+) -> list[list[int]] | None:
+    """``SAME`` as explicit zero padding (TF's split: the odd pixel after), for static shapes.
+
+    Why: TensorFlow's CPU depthwise kernel runs a batch about 4x slower per image with
+    ``SAME`` than on the same input padded first and convolved ``VALID`` (same values).
+    """
+    pads = [[0, 0]]
+    for axis in (1, 2):
+        size = shape[axis]
+        if size is None:
+            return None
+        span = (int(kernel[axis - 1]) - 1) * dilations[axis] + 1
+        out = -(-size // strides[axis])
+        total = max((out - 1) * strides[axis] + span - size, 0)
+        pads.append([total // 2, total - total // 2])
+    return [*pads, [0, 0]]
 
 
 def _matmul(node: GraphNode, a: Any, b: Any) -> Any:
