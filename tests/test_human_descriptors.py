@@ -28,6 +28,7 @@ from facerank.descriptor.catalogue import (
 )
 from facerank.embedding import load_embedder
 from facerank.errors import ConfigError
+from facerank.faces.align import rechip
 from facerank.registry.locate import load_model, model_ref
 from facerank.settings import Settings
 from tests.plugins.cli import run_facerank
@@ -185,3 +186,28 @@ def test_an_unknown_descriptor_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "invalid choice: 'nope'" in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_dlib_faceres_is_dlib_and_faceres_side_by_side(
+    pretrained_settings: Settings, descriptor_settings: Settings, tmp_path: Path
+) -> None:
+    """The combination's first 128 values are dlib-r34-v1's descriptor of the dlib chip align
+    would cut (to OpenCV's rounding), the rest faceres's of the chip itself, each unit length
+    over sqrt(2)."""
+    cache = tmp_path / "cache"
+    for settings in (pretrained_settings, descriptor_settings):
+        for folder in ("models", "packages", "npm"):
+            for item in (settings.cache_dir / folder).iterdir():
+                (cache / folder).mkdir(parents=True, exist_ok=True)
+                (cache / folder / item.name).symlink_to(item)
+    combined = Settings.from_env({}, data_dir=tmp_path / "data", cache_dir=cache)
+    entry = DESCRIPTORS["dlib-faceres-v1"]
+    chips = reference_chips(entry.chip.size)[[0, 3, 4]]
+    ours = np.asarray(entry.build(combined)(tf.constant(chips))) * np.sqrt(2)
+    dlib = load_embedder(str(cache / "models" / "dlib-r34-v1"))
+    dlib_chips = np.stack([rechip(c.astype(np.uint8), entry.chip, dlib.chip) for c in chips])
+    cosine = np.sum(ours[:, :128] * dlib.embed(dlib_chips), axis=1)
+    assert (cosine > 0.999).all(), cosine
+    faceres = port(descriptor_settings, GRAPHS["faceres-v1"], chips)
+    expected = faceres / np.linalg.norm(faceres, axis=1, keepdims=True)
+    np.testing.assert_allclose(ours[:, 128:], expected, atol=1e-5)
