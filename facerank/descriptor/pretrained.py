@@ -13,17 +13,20 @@ Importing this module is cheap: Keras and TensorFlow load only when a conversion
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from facerank.descriptor.exports import (
+    Progress,
+    export_once,
+    extract_folder,
+    fetch,
+    finished_export,
+    progress_reporter,
+)
 from facerank.descriptor.tfjs import TfjsWeightsError, read_tfjs_weights
-from facerank.embedding.savedmodel import ModelCard, export_embedder
-from facerank.errors import ModelLoadError
 from facerank.faces.align import DLIB_CHIP_150
-from facerank.npm import FACE_API, PackageUnavailableError, extract_members, fetch_package
+from facerank.npm import FACE_API
 from facerank.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,9 +41,6 @@ MODEL_MEMBERS = "package/model/*"
 """Only the weights are extracted from the package; its code and demo files are not needed."""
 
 STEPS = ("fetch package", "extract weights", "build network", "export SavedModel")
-
-Progress = Callable[[int, int, str], None]
-"""``progress(done, total, step)``: before each step (``done`` steps finished), and at the end."""
 
 
 def pretrained_model_dir(settings: Settings) -> Path:
@@ -64,71 +64,51 @@ def ensure_pretrained(settings: Settings, *, progress: Progress | None = None) -
     :class:`TfjsWeightsError` when the weights are not the network's, and
     :class:`ModelLoadError` when something else occupies the model directory.
     """
-    report = progress or (lambda _done, _total, _step: None)
+    report = progress_reporter(progress, STEPS)
     target = pretrained_model_dir(settings)
     weights_dir = package_model_dir(settings)
-    if _is_export(target) and (weights_dir / RECOGNITION_MANIFEST).is_file():
-        report(len(STEPS), len(STEPS), "already converted")
+    if (
+        finished_export(target, PRETRAINED_VERSION)
+        and (weights_dir / RECOGNITION_MANIFEST).is_file()
+    ):
+        report.finished("already converted")
         return target
-    report(0, len(STEPS), STEPS[0])
+    report.step(0)
     tarball = _fetch(settings)
-    report(1, len(STEPS), STEPS[1])
+    report.step(1)
     _extract_model_folder(tarball, weights_dir)
-    if not _is_export(target):
-        report(2, len(STEPS), STEPS[2])
-        model = _build_pretrained(weights_dir / RECOGNITION_MANIFEST)
-        report(3, len(STEPS), STEPS[3])
-        _export(model, target)
-    report(len(STEPS), len(STEPS), "done")
+    if not finished_export(target, PRETRAINED_VERSION):
+        report.step(2)
+        model = build_pretrained(weights_dir / RECOGNITION_MANIFEST)
+        report.step(3)
+        export_once(
+            model,
+            target,
+            version=PRETRAINED_VERSION,
+            chip=DLIB_CHIP_150,
+            match_threshold=PRETRAINED_MATCH_THRESHOLD,
+        )
+    report.finished("done")
     return target
 
 
-def _is_export(directory: Path) -> bool:
-    """True for a finished export of this version; a foreign directory there is an error."""
-    if not directory.exists():
-        return False
-    card = ModelCard.read(directory)
-    if card.version != PRETRAINED_VERSION:
-        raise ModelLoadError(
-            f"{directory} holds model {card.version!r}, not {PRETRAINED_VERSION!r}; remove it"
-        )
-    return True
-
-
 def _fetch(settings: Settings) -> Path:
-    cache_dir = settings.cache_dir / "npm"
-    try:
-        return fetch_package(FACE_API.spec, FACE_API.integrity, cache_dir)
-    except PackageUnavailableError as exc:
-        raise PackageUnavailableError(
-            f"the pretrained descriptor {PRETRAINED_VERSION} needs npm and the npm registry "
-            f"once, to fetch {FACE_API.spec} (then {cache_dir} is reused offline); until then "
-            f"facerank embeds with lbp-v0: {exc}"
-        ) from None
+    return fetch(
+        settings,
+        FACE_API,
+        f"the pretrained descriptor {PRETRAINED_VERSION}",
+        "; until then facerank embeds with lbp-v0",
+    )
 
 
 def _extract_model_folder(tarball: Path, destination: Path) -> None:
-    """Extract the package's ``model/`` files to ``destination``, whole or not at all.
-
-    Files are extracted (safely, by :func:`extract_members`) into a private sibling folder
-    that is renamed into place when complete; if another process got there first, its
-    identical folder is kept.
-    """
-    if destination.is_dir():
-        return
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=".extract-") as work:
-        written = extract_members(tarball, [MODEL_MEMBERS], Path(work))
-        if not any(path.name == RECOGNITION_MANIFEST for path in written):
-            raise TfjsWeightsError(f"{tarball.name} has no package/model/{RECOGNITION_MANIFEST}")
-        try:
-            os.replace(Path(work, "package", "model"), destination)
-        except OSError:
-            if not destination.is_dir():
-                raise
+    """Extract the package's ``model/`` files to ``destination``, whole or not at all."""
+    extract_folder(
+        tarball, [MODEL_MEMBERS], "package/model", destination, required=[RECOGNITION_MANIFEST]
+    )
 
 
-def _build_pretrained(manifest: Path) -> keras.Model:
+def build_pretrained(manifest: Path) -> keras.Model:
     """The Keras network with face-api's weights, after checking they are all of them."""
     from facerank.descriptor.recognition import RECOGNITION_PARAMS, build_recognition_net
 
@@ -139,18 +119,3 @@ def _build_pretrained(manifest: Path) -> keras.Model:
             f"{manifest.name} holds {total:,} values; the network has {RECOGNITION_PARAMS:,}"
         )
     return build_recognition_net(weights)
-
-
-def _export(model: keras.Model, target: Path) -> None:
-    """Export atomically; losing a race to a concurrent export of the same version is fine."""
-    try:
-        export_embedder(
-            model,
-            target,
-            version=PRETRAINED_VERSION,
-            chip=DLIB_CHIP_150,
-            match_threshold=PRETRAINED_MATCH_THRESHOLD,
-        )
-    except OSError:
-        if not _is_export(target):
-            raise

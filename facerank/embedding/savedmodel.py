@@ -108,7 +108,8 @@ def export_embedder(
 ) -> ModelCard:
     """Export ``model`` (images float32 0..255 -> embeddings) as a facerank model directory.
 
-    ``model`` is any TensorFlow callable (a Keras model, a ``tf.Module``); its output is
+    ``model`` is any TensorFlow callable (a Keras model, a ``tf.Module``, or any object whose
+    ``variables`` lists the variables it reads); its output is
     L2-normalised inside the exported graph so every consumer gets unit vectors. The export is
     atomic: it is assembled in a temporary folder next to ``directory`` and renamed into place.
     """
@@ -122,6 +123,9 @@ def export_embedder(
 
     module = tf.Module()
     module.model = model
+    # A plain Python callable (a converted TF.js graph, a combination of nets) is not tracked
+    # by TensorFlow: its ``variables`` are attached here so the SavedModel stores them.
+    module.model_variables = list(getattr(model, "variables", ()))
 
     @tf.function(input_signature=[spec])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:

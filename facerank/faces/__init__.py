@@ -3,6 +3,7 @@
 from facerank.faces.align import (
     ARCFACE_CHIP_112,
     DLIB_CHIP_150,
+    VGGFACE2_CHIP_224,
     AlignedFace,
     AlignMode,
     ChipSpec,
@@ -14,6 +15,7 @@ from facerank.faces.landmarks import LandmarkLocator
 __all__ = [
     "ARCFACE_CHIP_112",
     "DLIB_CHIP_150",
+    "VGGFACE2_CHIP_224",
     "AlignMode",
     "AlignedFace",
     "ChipSpec",

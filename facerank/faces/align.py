@@ -63,6 +63,11 @@ class ChipSpec:
 DLIB_CHIP_150 = ChipSpec(150, (47.7, 47.1), (100.3, 47.1))
 # The 112 px layout of ArcFace/InsightFace chips, eyes made level.
 ARCFACE_CHIP_112 = ChipSpec(112, (38.29, 51.6), (73.53, 51.6))
+# A 224 px VGGFace2-style loose crop (an MTCNN box plus a margin, not rotated upstream), as the
+# HSE age/gender/identity MobileNets (faceres) were trained on. The eye distance (60 px) and
+# height were chosen on LFW DevTrain among 56, 60, 74 and 88 px; the chip stays inside
+# GALLERY_CROP_256's field, so stored crops re-embed without black borders.
+VGGFACE2_CHIP_224 = ChipSpec(224, (82.0, 95.0), (142.0, 95.0))
 
 
 # The gallery's stored crop: eyes 64 px apart, wide enough to hold the field of view of both

@@ -17,9 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from facerank.descriptor.catalogue import (
+    DESCRIPTORS,
+    GraphDescriptor,
+    ensure_descriptor,
+    ensure_graph,
+)
 from facerank.descriptor.pretrained import ensure_pretrained
 from facerank.npm import (
     FACE_API,
+    HUMAN_MODELS,
+    NpmPackage,
     PackageUnavailableError,
     cache_path,
     extract_members,
@@ -48,15 +56,47 @@ def pretrained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings whose cache holds the converted model (converted once per session)."""
     root = tmp_path_factory.mktemp("pretrained")
     settings = Settings.from_env({}, data_dir=root / "data", cache_dir=root / "cache")
-    cached = cache_path(FACE_API.spec, FACE_API.integrity, USER_CACHE / "npm")
-    if cached.is_file():
-        (settings.cache_dir / "npm").mkdir(parents=True)
-        shutil.copy2(cached, settings.cache_dir / "npm" / cached.name)
+    _seed_npm_cache(FACE_API, settings)
     try:
         ensure_pretrained(settings)
     except PackageUnavailableError as exc:
         pytest.skip(f"cannot get {FACE_API.spec} (npm or the registry is unavailable): {exc}")
     return settings
+
+
+EXPORTED_DESCRIPTOR = "faceres-v1"
+"""The human-models descriptor the tests export (each export costs about a minute here)."""
+
+
+@pytest.fixture(scope="session")
+def descriptor_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings whose cache holds every human-models descriptor's graph files, extracted, and
+    :data:`EXPORTED_DESCRIPTOR` converted (once per session; offline after setup fetched the
+    package, skipped saying why without npm or a registry)."""
+    root = tmp_path_factory.mktemp("descriptors")
+    settings = Settings.from_env({}, data_dir=root / "data", cache_dir=root / "cache")
+    _seed_npm_cache(HUMAN_MODELS, settings)
+    try:
+        for version, entry in DESCRIPTORS.items():
+            if isinstance(entry, GraphDescriptor):
+                ensure_graph(settings, version)
+        ensure_descriptor(settings, EXPORTED_DESCRIPTOR)
+    except PackageUnavailableError as exc:
+        pytest.skip(f"cannot get {HUMAN_MODELS.spec} (npm or the registry is unavailable): {exc}")
+    return settings
+
+
+def _seed_npm_cache(package: NpmPackage, settings: Settings) -> None:
+    """Link (or copy) the user's verified tarball into the test cache, so no npm is needed."""
+    cached = cache_path(package.spec, package.integrity, USER_CACHE / "npm")
+    if not cached.is_file():
+        return
+    target = settings.cache_dir / "npm" / cached.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(cached, target)
+    except OSError:
+        shutil.copy2(cached, target)
 
 
 @pytest.fixture(scope="session")
