@@ -1,7 +1,6 @@
 """Alignment benchmark: the pretrained descriptor's accuracy with box, eye and landmark chips.
 
-    .venv/bin/python bench/bench_alignment.py [--dataset ../shared/data/att_faces] [--roll DEG]
-                                              [--repeat N]
+    .venv/bin/python bench/bench_alignment.py --dataset att_faces [--roll DEG] [--repeat N]
 
 Needs the pretrained descriptor and the landmark model (both converted into the facerank cache
 on first run: npm and the registry once) and a dataset of ``<identity>/<image>`` folders.
@@ -152,7 +151,9 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", type=Path, default=ROOT.parent / "shared/data/att_faces")
+    parser.add_argument(
+        "--dataset", type=Path, required=True, help="DATASET/<identity>/<image>, e.g. att_faces"
+    )
     parser.add_argument("--roll", type=float, default=0.0, help="random roll within +-DEG")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
