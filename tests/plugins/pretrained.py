@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from facerank.descriptor.landmarks import ensure_landmark_model
 from facerank.descriptor.pretrained import ensure_pretrained
 from facerank.npm import (
     FACE_API,
@@ -45,7 +46,9 @@ def empty_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 
 @pytest.fixture(scope="session")
 def pretrained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings whose cache holds the converted model (converted once per session)."""
+    """Settings whose cache holds the converted models, the descriptor ``dlib-r34-v1`` and the
+    landmark net ``landmarks`` alignment needs (converted once per session): the default
+    pipeline, as ``facerank models fetch`` sets it up."""
     root = tmp_path_factory.mktemp("pretrained")
     settings = Settings.from_env({}, data_dir=root / "data", cache_dir=root / "cache")
     cached = cache_path(FACE_API.spec, FACE_API.integrity, USER_CACHE / "npm")
@@ -54,6 +57,7 @@ def pretrained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         shutil.copy2(cached, settings.cache_dir / "npm" / cached.name)
     try:
         ensure_pretrained(settings)
+        ensure_landmark_model(settings)  # the default alignment, so the default pipeline runs
     except PackageUnavailableError as exc:
         pytest.skip(f"cannot get {FACE_API.spec} (npm or the registry is unavailable): {exc}")
     return settings
