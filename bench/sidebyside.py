@@ -5,8 +5,8 @@ machine the same call varies by tens of percent, and a 1.2x "speed-up" can be th
 So every repeat times both contenders back to back, in alternating order (ABBA: a contender
 is never always first, when caches are cold, or always second, when a neighbour's job has
 woken up), and yields one ratio per repeat. The figure reported is the median ratio with its
-interquartile range; where that range includes 1.0, the honest verdict is "no measurable
-difference", and that is what the benchmarks print and write.
+interquartile range (its whole range under 4 repeats); where that range includes 1.0, the
+honest verdict is "no measurable difference", and that is what the benchmarks print and write.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ class Ratio:
 
     median: float
     low: float
-    """25th percentile of the per-repeat ratios."""
+    """25th percentile of the per-repeat ratios (the smallest, with fewer than 4 repeats)."""
     high: float
-    """75th percentile."""
+    """75th percentile (the largest, with fewer than 4 repeats)."""
     repeats: int
 
     @classmethod
     def of(cls, ours: Sequence[float], baseline: Sequence[float]) -> Ratio:
         """From paired samples (seconds, or any cost where less is better)."""
         ratios = sorted(b / o for o, b in zip(ours, baseline, strict=True))
-        if len(ratios) < 2:
-            return cls(ratios[0], ratios[0], ratios[0], 1)
+        if len(ratios) < 4:  # too few for quartiles: the whole range, which is stricter
+            return cls(statistics.median(ratios), ratios[0], ratios[-1], len(ratios))
         low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
         return cls(statistics.median(ratios), low, high, len(ratios))
 
