@@ -1,7 +1,6 @@
 """Alignment benchmark: the pretrained descriptor's accuracy with box, eye and landmark chips.
 
-    .venv/bin/python bench/bench_alignment.py [--dataset ../shared/data/att_faces] [--roll DEG]
-                                              [--repeat N]
+    .venv/bin/python bench/bench_alignment.py --dataset att_faces [--roll DEG] [--repeat N]
 
 Needs the pretrained descriptor and the landmark model (both converted into the facerank cache
 on first run: npm and the registry once) and a dataset of ``<identity>/<image>`` folders.
@@ -30,7 +29,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from bench_pipeline import compare
+from sidebyside import time_pair
 
 from facerank.descriptor.landmarks import ensure_landmark_model
 from facerank.descriptor.pretrained import ensure_pretrained
@@ -115,15 +114,16 @@ def bench_cost(
     def locate() -> object:
         return [locator.locate(f.pixels, [f.detection.box]) for f in sample]
 
-    landmarks, detect = compare(locate, lambda: [detector.detect(f.pixels) for f in sample], repeat)
-    embed, _ = compare(lambda: [embedder.embed(chip[None]) for chip in chips], locate, repeat)
+    # Ratios are landmarks / the other step, per repeat, with their spread.
+    over_detect = time_pair(lambda: [detector.detect(f.pixels) for f in sample], locate, repeat)
+    over_embed = time_pair(lambda: [embedder.embed(chip[None]) for chip in chips], locate, repeat)
     per_face = 1e3 / len(sample)
     return {
-        "landmarks_ms_per_face": landmarks * per_face,
-        "haar_detect_ms_per_image": detect * per_face,
-        "descriptor_ms_per_face": embed * per_face,
-        "landmarks_over_detect": landmarks / detect,
-        "landmarks_over_descriptor": landmarks / embed,
+        "landmarks_ms_per_face": over_detect.baseline_s * per_face,
+        "haar_detect_ms_per_image": over_detect.ours_s * per_face,
+        "descriptor_ms_per_face": over_embed.ours_s * per_face,
+        "landmarks_over_detect": over_detect.ratio.to_json(),
+        "landmarks_over_descriptor": over_embed.ratio.to_json(),
     }
 
 
@@ -143,16 +143,18 @@ def print_table(results: dict[str, Any]) -> None:
     cost = results["cost"]
     print(
         f"landmarks: {cost['landmarks_ms_per_face']:.2f} ms/face, "
-        f"{cost['landmarks_over_detect']:.2f}x Haar detection "
+        f"{cost['landmarks_over_detect']['verdict']} Haar detection "
         f"({cost['haar_detect_ms_per_image']:.2f} ms/image), "
-        f"{cost['landmarks_over_descriptor']:.2f}x the descriptor "
+        f"{cost['landmarks_over_descriptor']['verdict']} the descriptor "
         f"({cost['descriptor_ms_per_face']:.2f} ms/face)"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", type=Path, default=ROOT.parent / "shared/data/att_faces")
+    parser.add_argument(
+        "--dataset", type=Path, required=True, help="DATASET/<identity>/<image>, e.g. att_faces"
+    )
     parser.add_argument("--roll", type=float, default=0.0, help="random roll within +-DEG")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()

@@ -109,6 +109,7 @@ def bench_files(repeat: int) -> dict[str, float]:
 
 def bench_savedmodel(repeat: int) -> dict[str, float]:
     import keras
+    import tensorflow as tf
 
     from facerank.embedding.savedmodel import SavedModelEmbedder, export_embedder
 
@@ -125,15 +126,17 @@ def bench_savedmodel(repeat: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         export_embedder(model, Path(folder) / "m", version="bench", chip=ARCFACE_CHIP_112)
         embedder = SavedModelEmbedder(Path(folder) / "m")
-        signature, predict = compare(
-            lambda: embedder.embed(chip),
-            lambda: model.predict(chip.astype(np.float32), verbose=0),
-            repeat,
+        # The baseline is the fastest honest Keras path for one chip: the model traced once
+        # and called, not ``Model.predict``, whose per-call set-up dwarfs a small network.
+        traced = tf.function(lambda x: model(x, training=False))
+        floats = tf.constant(chip.astype(np.float32))
+        signature, keras_call = compare(
+            lambda: embedder.embed(chip), lambda: traced(floats).numpy(), repeat
         )
     return {
         "signature_ms": signature * 1e3,
-        "keras_predict_ms": predict * 1e3,
-        "ratio": predict / signature,
+        "keras_traced_call_ms": keras_call * 1e3,
+        "ratio": keras_call / signature,
     }
 
 

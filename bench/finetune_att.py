@@ -1,8 +1,9 @@
 """Does fine-tuning dlib-r34-v1 help, and with which loss? An experiment on the AT&T faces.
 
-    .venv/bin/python bench/finetune_att.py [--losses semihard,batchhard,...] [--steps N]
+    .venv/bin/python bench/finetune_att.py --dataset att_faces [--losses semihard,...] [--steps N]
 
-The AT&T set (``../shared/data/att_faces``: 40 people, 10 photos each) is split twice:
+The AT&T set (``att_faces/s1 ... s40``, 10 photos each; README's "Evaluation data" says where to
+get it) is split twice:
 
 * people ``s1``-``s30`` are trained on, with their photos 1-5 only;
 * (a) *seen people, new photos*: their photos 6-10, never used in training;
@@ -46,7 +47,6 @@ from training.launcher import LocalTrainingLauncher, run_local
 from training.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
-ATT = ROOT.parent / "shared" / "data" / "att_faces"
 RESULTS = ROOT / "bench" / "results" / "finetune_att.json"
 TRAINED_PEOPLE = 30
 TRAIN_PHOTOS = 5
@@ -130,6 +130,9 @@ def fine_tune(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--dataset", type=Path, required=True, help="the AT&T faces: DATASET/s1 ... s40/<image>"
+    )
     parser.add_argument("--losses", default=",".join(LOSSES))
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -142,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="copy each fine-tuned export to KEEP/<loss>, e.g. for `facerank eval --embedder`",
     )
     args = parser.parse_args(argv)
-    if not ATT.is_dir():
-        raise SystemExit(f"{ATT} is missing: this experiment needs the AT&T faces there")
+    if not args.dataset.is_dir():
+        raise SystemExit(f"{args.dataset} is missing: this experiment needs the AT&T faces there")
     settings = Settings.from_env()
     pretrained = load_model(model_ref(PRETRAINED_VERSION, settings), settings)
     pipeline = FacePipeline.from_settings(settings, pretrained)
@@ -163,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="finetune-att-") as tmp:
         shared = Path(tmp)
         everything = RunDir.of(shared, "att")
-        skipped = export_folder_dataset(ATT, pipeline, everything, DLIB_CHIP_150, progress=True)
+        skipped = export_folder_dataset(
+            args.dataset, pipeline, everything, DLIB_CHIP_150, progress=True
+        )
         data = read_dataset(everything)
         people = np.array([person(data.identities[label]) for label in data.labels])
         photos = np.array([photo(source) for source in data.sources])

@@ -26,7 +26,7 @@ from kserve import ModelServer
 import inference.model
 from facerank.embedding import LbpEmbedder, l2_normalize
 from facerank.faces.align import ChipSpec
-from facerank.pipeline import FacePipeline, detector_from_settings, image_limits
+from facerank.pipeline import FacePipeline
 from facerank.settings import Settings
 from facerank.storage import FolderStore
 from inference.follower import ServingPair
@@ -150,12 +150,7 @@ def serve(faces: int, searcher: str, port: int) -> None:
     with tempfile.TemporaryDirectory(prefix="facerank-bench-") as empty:
         settings = Settings(data_dir=Path(empty))
         model = FacerankModel(settings, FolderStore(settings.buckets_dir))
-        pipeline = FacePipeline(
-            detector_from_settings(settings),
-            ProjectedLbp(),
-            align_mode=settings.align,
-            limits=image_limits(settings),
-        )
+        pipeline = FacePipeline.from_settings(settings, ProjectedLbp())
         snapshot = GallerySnapshot(MODEL_VERSION, synthetic_index(faces))
         model.serving = ServingPair(pipeline, snapshot)
         model.ready = True

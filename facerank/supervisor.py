@@ -29,6 +29,9 @@ from facerank.serving import loopback_url
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
+RELAY_DRAIN_S = 5.0
+"""How long stopping waits for a child's last lines: a grandchild still holding the pipe
+must not hold up the stop."""
 MAX_RESTARTS = 5
 """A component that dies this many times in a row is crash-looping: stop everything."""
 STABLE_AFTER_S = 60.0
@@ -65,6 +68,7 @@ class Supervisor:
         self._processes: dict[str, subprocess.Popen[str]] = {}
         self._restarts: dict[str, int] = {}
         self._started: dict[str, float] = {}
+        self._relays: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> Supervisor:
@@ -122,6 +126,9 @@ class Supervisor:
                 log.warning("%s did not stop in %.0fs: killing it", component.name, STOP_GRACE_S)
                 process.kill()
                 process.wait()
+        # Their last lines (why they stopped) are relayed before stop returns, not after.
+        for relay in self._relays.values():
+            relay.join(RELAY_DRAIN_S)
 
     def _spawn(self, component: Component) -> None:
         env = {
@@ -145,7 +152,9 @@ class Supervisor:
         with self._lock:
             self._processes[component.name] = process
             self._started[component.name] = time.monotonic()
-        threading.Thread(target=_relay, args=(component.name, process.stdout), daemon=True).start()
+        relay = threading.Thread(target=_relay, args=(component.name, process.stdout), daemon=True)
+        relay.start()
+        self._relays[component.name] = relay
 
     def _wait_ready(self, component: Component) -> None:
         deadline = time.monotonic() + component.ready_timeout_s

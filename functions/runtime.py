@@ -19,10 +19,12 @@ from collections.abc import Collection
 
 from cloudevents.http import CloudEvent
 from flask import Flask, Request, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from facerank.auth import CHALLENGE, UnauthorizedError, require_token
 from facerank.cehttp import from_http, to_binary
 from facerank.errors import FacerankError
+from facerank.requestlog import log_refusal, request_id
 from facerank.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,12 +78,7 @@ def create_function_app(
 
     @app.errorhandler(UnauthorizedError)
     def unauthorized(exc: UnauthorizedError) -> tuple[Response, int]:
-        log.info(
-            "refused %s %s from %s: no valid API token",
-            request.method,
-            request.path,
-            request.remote_addr,
-        )
+        refused(401, exc.code, f"from {request.remote_addr}: no valid API token")
         response, status = error_response(exc, 401)
         response.headers["WWW-Authenticate"] = CHALLENGE
         return response, status
@@ -92,7 +89,21 @@ def create_function_app(
 
     @app.errorhandler(FacerankError)
     def facerank_error(exc: FacerankError) -> tuple[Response, int]:
-        log.warning("%s: %s", exc.code, exc)
-        return error_response(exc)
+        response, status = error_response(exc)
+        refused(status, exc.code, str(exc))
+        return response, status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> HTTPException:
+        """Flask's own refusals (413 too large, 405, 404) get their one line too."""
+        status = exc.code or 500
+        refused(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
+        return exc
 
     return app
+
+
+def refused(status: int, code: str, reason: str) -> None:
+    """The one log line of the current request's refusal (see :mod:`facerank.requestlog`)."""
+    rid = request_id(request.headers.get("X-Request-ID"), request.headers.get("ce-id"))
+    log_refusal(log, request.method, request.path, status, code, rid, reason)

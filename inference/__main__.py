@@ -7,6 +7,7 @@ pipeline and the first gallery snapshot are in memory before the port opens.
 from __future__ import annotations
 
 import logging
+import warnings
 
 from kserve import ModelServer
 from kserve.model_server import app as kserve_app
@@ -15,6 +16,7 @@ from facerank.auth import BearerTokenMiddleware
 from facerank.serving import listen_port
 from facerank.settings import Settings
 from facerank.storage import open_store
+from inference import access_log
 from inference.model import MODEL_NAME, FacerankModel
 
 log = logging.getLogger("inference")
@@ -49,6 +51,9 @@ def main() -> None:
     # Readiness waits for this (seconds with TensorFlow, longer while the store is away).
     log.info("loading the active model and its gallery")
     model.load()
+    access_log.install(kserve_app, quiet_paths=OPEN_PATHS)
+    # KServe 0.21's own routes use a response class FastAPI now deprecates: nothing to act on.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     if settings.api_token:
         # KServe serves this module-level FastAPI app; a middleware added before start wraps
         # every route it registers (predict, infer, model load/unload), present and future.

@@ -101,6 +101,8 @@ class ServingFollower:
     def _switch_to(self, ref: ModelRef) -> None:
         """Load ``ref`` and its whole gallery aside, then publish both at once."""
         previous = None if self._pipeline is None else self._pipeline.model_version
+        if previous is not None:
+            log.info("switching to %s: loading it and its gallery aside", ref.version)
         pipeline = self._make_pipeline(self.models.embedder(ref))
         refresher = GalleryRefresher(self.gallery, ref.version)
         snapshot = refresher.refresh()

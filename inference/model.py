@@ -45,6 +45,7 @@ from facerank.pipeline import FacePipeline
 from facerank.registry import ModelRegistry, ServingModels
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
+from inference.access_log import note_rejection
 from inference.follower import ServingFollower, ServingPair
 from inference.search import Match, search
 
@@ -153,8 +154,9 @@ class FacerankModel(Model):
                 raise RuntimeError("predict called before load")
             loop = asyncio.get_running_loop()
             rankings = await loop.run_in_executor(None, self._rank, pair, queries)
-        except InvalidInput:
+        except InvalidInput as exc:
             REQUESTS.labels(protocol, "invalid").inc()
+            note_rejection(exc)
             raise
         except Exception:
             REQUESTS.labels(protocol, "error").inc()
@@ -240,7 +242,7 @@ class FacerankModel(Model):
         limit = self.settings.max_image_bytes
         if size > limit:
             error = ImageTooLargeError(f"image of about {size} bytes exceeds the {limit} limit")
-            raise InvalidInput(f"{where}: {error.code}: {error}")
+            raise InvalidInput(f"{where}: {error.code}: {error}") from error
 
 
 def unwrap_cloudevent(body: object) -> object:

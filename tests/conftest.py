@@ -1,8 +1,11 @@
 """Shared pytest configuration: fixtures live in small plugin modules, one job each."""
 
 pytest_plugins = [
+    "pytester",
     "tests.plugins.s3_server",
     "tests.plugins.faces",
     "tests.plugins.sink",
     "tests.plugins.pretrained",
+    "tests.plugins.strict",
+    "tests.plugins.order",
 ]

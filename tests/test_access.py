@@ -180,6 +180,11 @@ def test_predictor_health_and_metrics_stay_open(secured: Secured, path: str) -> 
 
 
 def test_predictor_ranks_with_the_token(secured: Secured) -> None:
+    # An unload without the token first: refused before it reaches the model, which stays
+    # loaded and keeps ranking.
+    unload = secured.url("predictor") + "/v2/repository/models/facerank/unload"
+    assert_refused(requests.post(unload, headers=bearer(None), timeout=30))
+    assert requests.get(secured.url("predictor") + "/v1/models/facerank", timeout=30).ok
     response = requests.post(
         secured.url("predictor") + "/v1/models/facerank:predict",
         json=v1_body(secured.query),
@@ -188,8 +193,6 @@ def test_predictor_ranks_with_the_token(secured: Secured) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["faces"][0]["matches"][0]["identity"] == "astronaut"
-    # Refusals never reached the model: the model still loaded, and unload did nothing.
-    assert requests.get(secured.url("predictor") + "/v1/models/facerank", timeout=30).ok
 
 
 def run_query(secured: Secured, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -123,8 +123,7 @@ def test_no_credential_in_any_log_or_answer(
         ]
         cli = [run_cli(args, command_env, data_dir) for args, command_env in commands]
         assert all(result.returncode != 0 for result in cli)
-    time.sleep(0.5)  # the relay threads pass on the processes' last lines
-    logs = capfd.readouterr()
+    logs = capfd.readouterr()  # the supervisor relayed every line before it stopped
     everything = "\n".join([logs.out, logs.err, *answers, *(r.stdout + r.stderr for r in cli)])
     # The run really produced the lines worth searching: refusals, an enrollment, errors.
     assert "no valid API token" in everything

@@ -92,11 +92,26 @@ def leaks(store: ObjectStore, traces: set[bytes], photos: list[bytes]) -> list[s
     return found
 
 
+@pytest.fixture(params=["lbp-v0", "dlib-r34-v1"], ids=["fallback", "default"])
+def old_model(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Settings, dict[str, str]]:
+    """The model the gallery starts with: the fallback, and the default with landmarks."""
+    if request.param == "lbp-v0":
+        return Settings(data_dir=tmp_path, model=OLD), {}
+    cache = request.getfixturevalue("pretrained_settings").cache_dir
+    settings = Settings(data_dir=tmp_path, model=request.param, cache_dir=cache)
+    return settings, {"FACERANK_CACHE_DIR": str(cache)}
+
+
 def test_unenrolled_people_leave_no_trace_in_any_model_version(
-    backend: tuple[ObjectStore, dict], tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
+    backend: tuple[ObjectStore, dict],
+    old_model: tuple[Settings, dict[str, str]],
+    tmp_path: Path,
+    astronaut: np.ndarray,
+    lfw_faces: np.ndarray,
 ) -> None:
     store, store_env = backend
-    settings = Settings(data_dir=tmp_path, model=OLD)
+    settings, model_env = old_model
+    old = settings.model
     handler = build_handler(settings, store)
     handler.models = ServingModels(handler.models.registry, settings, load=loader)
     store.ensure_bucket("faces")
@@ -120,7 +135,7 @@ def test_unenrolled_people_leave_no_trace_in_any_model_version(
     assert first is not None
     assert {key.rsplit("/", 1)[1] for key in gallery.face_keys(first.faces[0].face_id)} == {
         "crop.png",
-        f"{OLD}.f32",
+        f"{old}.f32",
         f"{NEW}.f32",
     }
     gone = traces(gallery, REMOVED, {k: v for k, v in photos.items() if k.startswith(REMOVED)})
@@ -129,7 +144,7 @@ def test_unenrolled_people_leave_no_trace_in_any_model_version(
 
     result = subprocess.run(
         [sys.executable, "-m", "facerank.cli.main", "gallery", "rm", REMOVED, "--yes"],
-        env={**os.environ, "FACERANK_DATA_DIR": str(tmp_path), **store_env},
+        env={**os.environ, "FACERANK_DATA_DIR": str(tmp_path), **store_env, **model_env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -144,7 +159,7 @@ def test_unenrolled_people_leave_no_trace_in_any_model_version(
     assert leaks(store, gone, deleted_photos) == []
     assert gallery.identities() == {KEPT: 1}
     [record] = gallery.records(KEPT)
-    assert set(record.model_versions) == {OLD, NEW}
+    assert set(record.model_versions) == {old, NEW}
     assert [gallery.face_keys(f.face_id) for f in record.faces] == kept
 
 

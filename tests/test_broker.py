@@ -9,6 +9,7 @@ without slowing the suite; every wait polls against a deadline.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -512,12 +513,20 @@ def test_bad_requests_are_refused_and_the_broker_stays_up(
     body: bytes,
     status: int,
     code: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     a = start_subscriber()
     broker = start_broker({"sub-a": a.url, "sub-b": a.url}, **FAST)
-    response = requests.request(method, broker.url, headers=headers, data=body, timeout=5)
+    with caplog.at_level(logging.INFO, logger="facerank.broker.app"):
+        response = requests.request(
+            method, broker.url, headers={**headers, "X-Request-ID": "req-7"}, data=body, timeout=5
+        )
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
+    # One line for the refusal (logged before the answer is sent), no traceback.
+    [line] = [r for r in caplog.records if r.name == "facerank.broker.app"]
+    assert line.getMessage().startswith(f"{method} / {status} {code} request_id=req-7: ")
+    assert line.exc_info is None
     assert requests.get(f"{broker.url}/healthz", timeout=5).status_code == 200
     assert post(broker.url, created()).status_code == 202
     wait_for(lambda: a.calls, "a valid event to be delivered")

@@ -78,7 +78,7 @@ def supervised(component: Component, env: dict[str, str]) -> Iterator[None]:
 
 
 def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
-    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
+    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray, capfd: pytest.CaptureFixture
 ) -> None:
     pytest.importorskip("tensorflow")
     scene = switch_scene(tmp_path, astronaut, lfw_faces, new_version=NEW)
@@ -118,8 +118,16 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
         killed = kill("inference", psutil.Process())
         wait_for(lambda: serves(OLD, {*FIRST, "mid-switch"}), "a restart still on the old version")
 
+        capfd.readouterr()
         registry.complete_switch(NEW, "test")
-        time.sleep(0.3)  # the predictor has seen the pointer move and is loading the new pair
+        # The window: the predictor saw the pointer move and is loading the new pair (its log
+        # line, relayed by the supervisor into this test's output), and serves it not yet.
+        output = ""
+        deadline = time.monotonic() + WAIT_S
+        while f"switching to {NEW}" not in output:
+            assert time.monotonic() < deadline, f"the predictor never began the switch: {output}"
+            time.sleep(0.01)
+            output += capfd.readouterr().err
         assert kill("inference", psutil.Process()) != killed
         wait_for(lambda: serves(NEW, {*FIRST, "mid-switch"}), "a restart on the new version")
 
@@ -153,11 +161,17 @@ def test_up_killed_with_sigkill_restarts_on_the_same_data_without_loss_or_duplic
         first.wait_for(lambda: "facerank is up" in first.output(), "facerank up")
         components = psutil.Process(first.process.pid).children()
         assert len(components) >= 5
-        for i, photo in enumerate(photos[:5]):
+        for i, photo in enumerate(photos[:3]):
             drop(data_dir, f"person-{i}/1.jpg", photo)
         first.wait_for(lambda: enrolled(data_dir), "a first enrollment")
+        # Two more photos, then the kill at once: it lands while they are on their way (no
+        # photo crosses watcher, broker and enroll in the microseconds between), whatever
+        # happened to the first three meanwhile.
+        for i, photo in enumerate(photos[3:5], start=3):
+            drop(data_dir, f"person-{i}/1.jpg", photo)
         first.process.send_signal(signal.SIGKILL)  # mid-enrollment: no stop, no cleanup
         first.process.wait(10)
+        assert enrolled(data_dir).keys() < photos_in(data_dir).keys()  # it was mid-enrollment
         _, alive = psutil.wait_procs(components, timeout=30)
         for survivor in alive:  # never leave them running, whatever the verdict
             survivor.kill()

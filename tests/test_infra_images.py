@@ -305,12 +305,6 @@ def skaffold_schema_file() -> Path:
     return SCHEMAS / f"skaffold_{skaffold()['apiVersion'].removeprefix('skaffold/')}.json"
 
 
-needs_skaffold_schema = pytest.mark.skipif(
-    not skaffold_schema_file().is_file(),
-    reason=f"{skaffold_schema_file().name} not found in {SCHEMAS} (../shared absent)",
-)
-
-
 def skaffold_problems(config: dict[str, Any]) -> list[str]:
     """Validation against ``definitions/SkaffoldConfig`` (the root anyOf reports poorly)."""
     schema = load_yaml(skaffold_schema_file())  # JSON is YAML
@@ -322,13 +316,11 @@ def skaffold_problems(config: dict[str, Any]) -> list[str]:
     ]
 
 
-@needs_skaffold_schema
 def test_skaffold_yaml_validates_against_its_schema() -> None:
     assert skaffold()["apiVersion"].startswith("skaffold/v4beta")
     assert skaffold_problems(skaffold()) == []
 
 
-@needs_skaffold_schema
 @pytest.mark.parametrize(
     ("path", "value"),
     [

@@ -2,7 +2,7 @@
 
 Core kinds are validated against the Kubernetes OpenAPI schemas (``kubernetes-validate``,
 strict: an unknown field is an error), custom resources against their CRD schemas from
-``../shared/schemas`` closed the same way. Then the references between objects are followed:
+``tests/schemas`` closed the same way. Then the references between objects are followed:
 a typo in a Secret name or a Trigger subscriber validates fine and breaks only in a cluster.
 """
 
@@ -43,7 +43,7 @@ from tests.plugins.infra import (
     rendered,
     with_value,
 )
-from tests.plugins.schemas import SCHEMAS, custom_resource_schema, schema_path
+from tests.plugins.schemas import custom_resource_schema, schema_path
 
 pytestmark = needs_kubectl
 
@@ -96,12 +96,6 @@ def test_core_kinds_validate_strictly(item: tuple[str, Document], version: str) 
     kubernetes_validate.validate(item[1], version, strict=True)
 
 
-needs_schemas = pytest.mark.skipif(
-    not (SCHEMAS / "serving.knative.dev_Service_v1.json").is_file(),
-    reason=f"CRD schemas not found in {SCHEMAS} (../shared absent; set FACERANK_TEST_SHARED)",
-)
-
-
 def crd_problems(document: Document) -> list[str]:
     validator = Draft7Validator(custom_resource_schema(document["apiVersion"], document["kind"]))
     return [
@@ -110,7 +104,6 @@ def crd_problems(document: Document) -> list[str]:
     ]
 
 
-@needs_schemas
 @pytest.mark.parametrize("item", [i for i in all_documents() if is_custom(i[1])], ids=document_id)
 def test_custom_resources_validate_strictly(item: tuple[str, Document]) -> None:
     document = item[1]
@@ -118,7 +111,6 @@ def test_custom_resources_validate_strictly(item: tuple[str, Document]) -> None:
     assert crd_problems(document) == []
 
 
-@needs_schemas
 @pytest.mark.parametrize(
     ("path", "value", "problem"),
     [

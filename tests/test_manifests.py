@@ -1,7 +1,7 @@
 """The eventing manifests: what the local broker reads from them, and that a cluster accepts them.
 
 The real files in ``infra/base/eventing`` are parsed and routed here, and validated against
-Knative's own CRD schemas (offline copies in ``../shared/schemas``), made strict the way
+Knative's own CRD schemas (committed in ``tests/schemas``), made strict the way
 ``kubectl --validate=strict`` would be: the CRDs allow unknown fields, which the API server
 silently drops, so a typo would otherwise pass and change nothing but behaviour.
 """
@@ -30,15 +30,10 @@ from facerank.events import (
     OBJECT_DELETED,
     RETRAIN_REQUESTED,
 )
-from tests.plugins.schemas import SCHEMAS, custom_resource_schema
+from tests.plugins.schemas import custom_resource_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTING = ROOT / "infra" / "base" / "eventing"
-
-needs_schemas = pytest.mark.skipif(
-    not (SCHEMAS / "eventing.knative.dev_Broker_v1.json").is_file(),
-    reason=f"Knative CRD schemas not found in {SCHEMAS} (set FACERANK_TEST_SHARED)",
-)
 
 
 def event(type_: str, **extra: str) -> CloudEvent:
@@ -337,13 +332,11 @@ def real_documents() -> list[dict[str, Any]]:
     ]
 
 
-@needs_schemas
 @pytest.mark.parametrize("document", real_documents(), ids=lambda d: d["metadata"]["name"])
 def test_real_manifests_match_knative_crd_schemas(document: dict[str, Any]) -> None:
     assert schema_problems(document) == []
 
 
-@needs_schemas
 @pytest.mark.parametrize(
     ("document", "problem"),
     [

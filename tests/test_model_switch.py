@@ -45,6 +45,9 @@ class Clients:
         }
         self.url = f"{url}/v1/models/facerank:predict"
         self.replies: dict[int, list[tuple[int, Any]]] = defaultdict(list)
+        self.errors: list[BaseException] = []
+        """What ended a client early (a refused connection, a reply that is not JSON): the
+        test fails on it rather than on the fewer replies it left."""
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CLIENTS)]
 
@@ -57,12 +60,18 @@ class Clients:
         self._stop.set()
         for thread in self._threads:
             thread.join(60)
+        assert not any(thread.is_alive() for thread in self._threads), "a client hung"
+        assert not self.errors, f"a client failed: {self.errors[0]!r}"
 
     def _run(self, i: int) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                response = session.post(self.url, json=self.body, timeout=60)
-                self.replies[i].append((response.status_code, response.json()))
+        try:
+            with requests.Session() as session:
+                while not self._stop.is_set():
+                    response = session.post(self.url, json=self.body, timeout=60)
+                    self.replies[i].append((response.status_code, response.json()))
+        except Exception as exc:  # handed to the test thread, which fails on it
+            self.errors.append(exc)
+            self._stop.set()
 
     def versions_seen(self) -> set[str]:
         return {
@@ -72,9 +81,22 @@ class Clients:
             if status == 200
         }
 
-    def wait_for(self, version: str, deadline_s: float) -> None:
+    def replies_from(self, version: str) -> int:
+        """The fewest replies from ``version`` any one client has had."""
+        return min(
+            sum(
+                1
+                for status, body in list(self.replies[i])
+                if status == 200 and body["predictions"][0]["model_version"] == version
+            )
+            for i in range(CLIENTS)
+        )
+
+    def wait_for(self, version: str, deadline_s: float, *, each: int = 0) -> None:
+        """Until some client had a reply from ``version`` (``each`` client ``each`` replies)."""
         deadline = time.monotonic() + deadline_s
-        while version not in self.versions_seen():
+        while version not in self.versions_seen() or self.replies_from(version) < each:
+            assert not self.errors, f"a client failed: {self.errors[0]!r}"
             assert time.monotonic() < deadline, f"no reply from {version} before the deadline"
             time.sleep(0.1)
 
@@ -97,8 +119,7 @@ def test_switch_under_load_never_answers_from_a_mixed_state(
             enroller.add("mid-switch/1.jpg", lfw_photo(lfw_faces, 5))
             reindex(gallery, new_model)
             registry.complete_switch(NEW, "test")
-            clients.wait_for(NEW, 60)
-            time.sleep(1.0)  # more replies from the new pair
+            clients.wait_for(NEW, 60, each=3)  # every client served by the new pair
 
     checked = 0
     for replies in clients.replies.values():

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -334,11 +336,52 @@ def test_concurrent_queries_during_enrollments(
     assert set(versions) == {"lbp-v0"}
 
 
-def test_metrics_are_exported(server: Server, astronaut_query: bytes) -> None:
-    server.ranked(astronaut_query)
+def counter(server: Server, outcome: str) -> float:
+    """The predictor's ``facerank_predict_requests_total`` for V1 and ``outcome`` (0 if unset)."""
     text = requests.get(f"{server.url}/metrics", timeout=10).text
-    assert 'facerank_predict_requests_total{outcome="ok",protocol="v1"}' in text
-    assert 'facerank_predict_requests_total{outcome="invalid",protocol="v1"}' in text
+    line = f'facerank_predict_requests_total{{outcome="{outcome}",protocol="v1"}} '
+    return sum(float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line))
+
+
+def test_metrics_are_exported(server: Server, astronaut_query: bytes) -> None:
+    ok, invalid = counter(server, "ok"), counter(server, "invalid")
+    server.ranked(astronaut_query)
+    assert server.predict(v1_body(b"not an image")).status_code == 400
+    assert (counter(server, "ok"), counter(server, "invalid")) == (ok + 1, invalid + 1)
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
     assert "facerank_predict_seconds_bucket" in text
     assert "facerank_gallery_faces" in text
     assert 'facerank_model_info{model_version="lbp-v0"} 1.0' in text
+
+
+ACCESS_LINE = re.compile(
+    r"predictor INFO POST /v1/models/facerank:predict 400 (?P<code>\w+) \d+ ms "
+    r"request_id=(?P<id>[\w-]+): (?P<message>.+)$"
+)
+
+
+def test_a_rejected_request_is_one_log_line_without_traceback(
+    server: Server, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Method, path, status, error code and request id on one line; nothing else for it."""
+    rejected, fence = f"rejected-{uuid.uuid4().hex[:8]}", f"fence-{uuid.uuid4().hex[:8]}"
+    capfd.readouterr()
+    response = server.predict(v1_body(b"not an image"), headers={"X-Request-ID": rejected})
+    assert response.status_code == 400
+    assert server.predict([1], headers={"X-Request-ID": fence}).status_code == 400
+    # The supervisor relays the predictor's output in order: once the second request's line
+    # is here, everything the first one logged is too.
+    output = ""
+    deadline = time.monotonic() + 30
+    while f"request_id={fence}" not in output:
+        assert time.monotonic() < deadline, output
+        time.sleep(0.05)
+        output += capfd.readouterr().err
+    lines = output.split(f"request_id={fence}")[0].splitlines()
+    mine = [line for line in lines if rejected in line]
+    assert len(mine) == 1, output
+    match = ACCESS_LINE.search(mine[0])
+    assert match, mine[0]
+    assert (match["code"], match["id"]) == ("not_an_image", rejected)
+    assert "Traceback" not in output
+    assert " ERROR " not in output

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -140,20 +141,24 @@ def test_a_worker_whose_peer_never_starts_exits_within_its_deadline(
         "FACERANK_TRAIN_CONFIG": str(run.config_path),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    began = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "training.worker"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,  # importing TensorFlow on a loaded machine, then the 6 s deadline
         check=False,
     )
+    ended = datetime.now()  # the worker logs local time
     assert done.returncode == 1  # retryable: the peer may come up next time
-    assert time.monotonic() - began < 6.0 + 20  # the deadline plus interpreter start-up
-    assert "the cluster (127.0.0.1:" in done.stderr
-    assert "forming, within 6 s" in done.stderr
+    armed = next(line for line in done.stderr.splitlines() if "forming, within 6 s" in line)
+    assert "the cluster (127.0.0.1:" in armed
+    # The deadline counts from the arming, which comes after TensorFlow's import: the stack
+    # the watchdog dumps is the strategy waiting for its peer, never an import.
     assert "MultiWorkerMirroredStrategy" in done.stderr or "collective_all_reduce" in done.stderr
+    assert "importlib._bootstrap" not in done.stderr
+    waited = (ended - datetime.strptime(armed[:23], "%Y-%m-%d %H:%M:%S,%f")).total_seconds()
+    assert waited >= 6.0 - 0.1  # not before its deadline
     assert run.read_result() is None  # not a verdict: a retry may still succeed
 
 

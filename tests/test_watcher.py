@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -243,13 +242,15 @@ def test_nobody_writes_asks_the_kernel(tmp_path: Path) -> None:
 
 
 def test_recent_reports_suppress_a_version_only_within_the_window() -> None:
-    recent = RecentReports(window=0.05)
+    now = [100.0]
+    recent = RecentReports(window=0.05, clock=lambda: now[0])
     v1, v2 = Change.created("faces", "a/1.jpg", "e1"), Change.created("faces", "a/1.jpg", "e2")
     recent.remember(v1)
+    now[0] += 0.049
     assert not recent.is_new(v1)
     assert recent.is_new(v2)
     recent.remember(Change.deleted("faces", "a/1.jpg"))
     assert recent.is_new(v1)
     recent.remember(v1)
-    time.sleep(0.06)
+    now[0] += 0.051
     assert recent.is_new(v1)

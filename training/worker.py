@@ -71,9 +71,11 @@ class Worker:
         if self.cluster is not None:
             os.environ["TF_CONFIG"] = self.cluster.tf_config()
         peers = ", ".join(self.cluster.workers) if self.cluster else "this process"
-        self.watchdog.arm(config.startup_timeout_s, f"the cluster ({peers}) forming")
-        from training.loop import DistributedTrainer, barrier, cluster_strategy
+        from training.loop import DistributedTrainer, barrier, cluster_strategy  # TensorFlow
 
+        # The start-up deadline is for the peers to meet, so it starts once TensorFlow is
+        # imported: importing it takes many seconds on a loaded node and is no missing peer.
+        self.watchdog.arm(config.startup_timeout_s, f"the cluster ({peers}) forming")
         strategy = cluster_strategy(config)
         trainer = DistributedTrainer(
             strategy, config, run, self.index, self.watchdog, self.progress

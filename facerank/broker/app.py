@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from facerank.broker.broker import LocalBroker
 from facerank.cehttp import from_http
 from facerank.errors import InvalidEventError
+from facerank.requestlog import log_refusal, request_id
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,12 @@ def create_app(broker: LocalBroker, *, max_event_bytes: int = MAX_EVENT_BYTES) -
 
     @app.errorhandler(InvalidEventError)
     def invalid_event(exc: InvalidEventError) -> tuple[Response, int]:
-        log.info("refused a request: %s", exc)
-        return _error(exc.code, str(exc)), 400
+        return _refuse(400, exc.code, str(exc))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
-        status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        return _error(code, exc.description or code), status
+        return _refuse(exc.code or 500, code, exc.description or code)
 
     @app.errorhandler(OSError)
     def queue_unwritable(exc: OSError) -> tuple[Response, int]:
@@ -57,6 +56,13 @@ def create_app(broker: LocalBroker, *, max_event_bytes: int = MAX_EVENT_BYTES) -
         return _error("queue_unavailable", f"cannot queue the event: {exc.strerror}"), 503
 
     return app
+
+
+def _refuse(status: int, code: str, message: str) -> tuple[Response, int]:
+    """The JSON refusal and its one log line (see :mod:`facerank.requestlog`)."""
+    rid = request_id(request.headers.get("X-Request-ID"), request.headers.get("ce-id"))
+    log_refusal(log, request.method, request.path, status, code, rid, message)
+    return _error(code, message), status
 
 
 def _error(code: str, message: str) -> Response:

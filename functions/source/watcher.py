@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -215,14 +215,16 @@ class RecentReports:
     lost event downstream can always be made up for by touching the file.
     """
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._window = window
+        self._clock = clock
+        """Injectable, so the window is tested on a clock of its own, not a loaded machine's."""
         self._reported: OrderedDict[str, tuple[str, float]] = OrderedDict()
         """key -> (etag, when), oldest first."""
 
     def is_new(self, change: Change) -> bool:
         """False for a creation of the version of that key reported within the window."""
-        cutoff = time.monotonic() - self._window
+        cutoff = self._clock() - self._window
         while self._reported and next(iter(self._reported.values()))[1] < cutoff:
             self._reported.popitem(last=False)
         if change.kind == "deleted":
@@ -234,7 +236,7 @@ class RecentReports:
         if change.kind == "deleted":
             self._reported.pop(change.data.key, None)
             return
-        self._reported[change.data.key] = (change.data.etag, time.monotonic())
+        self._reported[change.data.key] = (change.data.etag, self._clock())
         self._reported.move_to_end(change.data.key)
 
 

@@ -23,6 +23,7 @@ from facerank.descriptor.catalogue import (
     ensure_descriptor,
     ensure_graph,
 )
+from facerank.descriptor.landmarks import ensure_landmark_model
 from facerank.descriptor.pretrained import ensure_pretrained
 from facerank.npm import (
     FACE_API,
@@ -53,12 +54,15 @@ def empty_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 
 @pytest.fixture(scope="session")
 def pretrained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings whose cache holds the converted model (converted once per session)."""
+    """Settings whose cache holds the converted models, the descriptor ``dlib-r34-v1`` and the
+    landmark net ``landmarks`` alignment needs (converted once per session): the default
+    pipeline, as ``facerank models fetch`` sets it up."""
     root = tmp_path_factory.mktemp("pretrained")
     settings = Settings.from_env({}, data_dir=root / "data", cache_dir=root / "cache")
     _seed_npm_cache(FACE_API, settings)
     try:
         ensure_pretrained(settings)
+        ensure_landmark_model(settings)  # the default alignment, so the default pipeline runs
     except PackageUnavailableError as exc:
         pytest.skip(f"cannot get {FACE_API.spec} (npm or the registry is unavailable): {exc}")
     return settings

@@ -1,7 +1,8 @@
 """Offline schemas of custom resources (Knative, KServe, skaffold), as strict as kubectl's.
 
-The schemas live outside the repository, in ``../shared/schemas`` (see its README): tests that
-need them skip, saying so, where that folder is absent. The CRD schemas allow unknown fields
+The schemas are committed in ``tests/schemas`` (its README names each one's upstream project and
+version, and how to refresh them), so the suite needs nothing beside the repository. The CRD
+schemas allow unknown fields
 (the API server prunes them silently), so a typo would validate and change nothing but
 behaviour; :func:`custom_resource_schema` closes every object that lists its properties, the
 way ``kubectl --validate=strict`` treats them.
@@ -11,21 +12,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def _schemas_dir() -> Path:
-    """``$FACERANK_TEST_SHARED`` (the shared folder or its ``schemas``), else ``../shared``."""
-    shared = Path(os.environ.get("FACERANK_TEST_SHARED") or ROOT.parent / "shared")
-    return shared / "schemas" if (shared / "schemas").is_dir() else shared
-
-
-SCHEMAS = _schemas_dir()
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 METADATA = {
     "type": "object",
@@ -41,7 +32,7 @@ METADATA = {
 
 
 def schema_path(api_version: str, kind: str) -> Path:
-    """``<group>_<Kind>_<version>.json``, the naming of ``../shared/schemas``."""
+    """``<group>_<Kind>_<version>.json``, the naming of ``tests/schemas``."""
     group, _, version = api_version.rpartition("/")
     return SCHEMAS / f"{group}_{kind}_{version}.json"
 

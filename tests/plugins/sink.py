@@ -30,6 +30,7 @@ class EventSink:
         self.visits: list[str] = []
         """Paths (with query) of GET requests, e.g. an SNS SubscribeURL being fetched."""
         self._events: list[CloudEvent] = []
+        self._refused: list[CloudEvent] = []
         self._lock = threading.Lock()
 
     @property
@@ -37,16 +38,27 @@ class EventSink:
         with self._lock:
             return list(self._events)
 
+    @property
+    def refused(self) -> list[CloudEvent]:
+        """Events answered with ``status`` >= 300: the refusals a sender saw, observed."""
+        with self._lock:
+            return list(self._refused)
+
     def wait_for(self, count: int, timeout: float = WAIT_S) -> list[CloudEvent]:
         """The events once at least ``count`` arrived; fails the test after ``timeout``."""
         return self.wait_until(lambda events: len(events) >= count, timeout)
 
     def wait_until(
-        self, condition: Callable[[list[CloudEvent]], bool], timeout: float = WAIT_S
+        self,
+        condition: Callable[[list[CloudEvent]], bool],
+        timeout: float = WAIT_S,
+        *,
+        refused: bool = False,
     ) -> list[CloudEvent]:
-        """The events once ``condition`` holds for them; fails the test after ``timeout``."""
+        """The events (or the ``refused`` ones) once ``condition`` holds for them; fails the
+        test after ``timeout``."""
         deadline = time.monotonic() + timeout
-        while not condition(events := self.events):
+        while not condition(events := self.refused if refused else self.events):
             assert time.monotonic() < deadline, f"condition not met by events {events}"
             time.sleep(0.02)
         return events
@@ -59,6 +71,7 @@ class EventSink:
     def reset(self) -> None:
         with self._lock:
             self._events.clear()
+            self._refused.clear()
         self.visits.clear()
         self.status = 202
 
@@ -67,13 +80,12 @@ class EventSink:
 
         @app.post("/")
         def receive() -> tuple[str, int]:
-            if self.status >= 300:
-                return "refused on purpose", self.status
+            status = self.status
             received = from_http(request.headers, request.get_data())
             event = CloudEvent(dict(received.get_attributes()), json_data(received))
             with self._lock:
-                self._events.append(event)
-            return "", self.status
+                (self._refused if status >= 300 else self._events).append(event)
+            return ("refused on purpose" if status >= 300 else ""), status
 
         @app.get("/<path:path>")
         def visit(path: str) -> str:
