@@ -166,6 +166,7 @@ def test_a_serving_component_drains_and_exits_promptly(
             {
                 "FACERANK_TRAIN_JOB": "facerank-train-x",
                 "FACERANK_TRAIN_SERVICE": "facerank-train-x",
+                "FACERANK_TRAIN_NAMESPACE": "facerank",
                 "FACERANK_TRAIN_WORKERS": "2",
             },
             "cannot start (invalid_cluster): TF_CONFIG is not set and JOB_COMPLETION_INDEX missing",
