@@ -57,7 +57,6 @@ from facerank.faces.landmarks import (
     LandmarkLocator,
     face_crop,
     landmark_chip,
-    net_box,
     net_input,
     plausible,
     plausible_chip,
@@ -122,7 +121,6 @@ def test_face_crop_clips_and_floors_like_face_api() -> None:
     assert face_crop((-20.0, -10.0, 120.0, 100.0), 512, 512) == (0, 0, 100, 90)
     assert face_crop((450.5, 400.7, 100.0, 150.0), 512, 512) == (450, 400, 61, 111)
     assert face_crop((600.0, 10.0, 50.0, 50.0), 512, 512) is None
-    assert net_box((100, 100, 100, 100)) == pytest.approx((92.5, 92.5, 115.0, 115.0))
 
 
 def test_net_input_pads_to_a_centred_square_then_resizes(astronaut: np.ndarray) -> None:
@@ -257,7 +255,7 @@ def reference_inputs(astronaut: np.ndarray) -> np.ndarray:
     rng = np.random.default_rng(7)
     ramp = np.linspace(0, 255, size)
     gradient = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1)], -1)
-    crop = face_crop(net_box((177, 67, 93, 93)), 512, 512)
+    crop = face_crop(Detection((177, 67, 93, 93), 1.0).landmark_region(), 512, 512)
     assert crop is not None
     face = net_input(astronaut, crop)
     return np.stack(
@@ -392,7 +390,7 @@ def test_landmarks_land_on_the_astronauts_features(
 ) -> None:
     [face] = HaarFaceDetector().detect(astronaut)
     assert face.eyes is not None
-    [points] = locator.locate(astronaut, [face.box])
+    [points] = locator.locate(astronaut, [face.landmark_region()])
     assert points is not None
     assert points.shape == (68, 2)
     left, right = points[36:42].mean(axis=0), points[42:48].mean(axis=0)
@@ -422,8 +420,8 @@ def test_a_rolled_face_gives_nearly_the_upright_chip(
     [upright] = detector.detect(astronaut)
     tilted_image = rolled(astronaut, upright.box, 15)
     tilted = detector.detect(tilted_image)[0]
-    [upright_points] = locator.locate(astronaut, [upright.box])
-    [tilted_points] = locator.locate(tilted_image, [tilted.box])
+    [upright_points] = locator.locate(astronaut, [upright.landmark_region()])
+    [tilted_points] = locator.locate(tilted_image, [tilted.landmark_region()])
     assert upright_points is not None
     assert tilted_points is not None
     roll = landmark_chip(upright_points).roll_degrees - landmark_chip(tilted_points).roll_degrees
@@ -446,7 +444,7 @@ def test_every_layout_comes_from_one_fit(
 ) -> None:
     """The gallery crop, rechipped, reproduces the landmark chip of any embedder's layout."""
     [face] = HaarFaceDetector().detect(astronaut)
-    [points] = locator.locate(astronaut, [face.box])
+    [points] = locator.locate(astronaut, [face.landmark_region()])
     chip = align_face(astronaut, face, spec, "landmarks", points)
     crop = align_face(astronaut, face, GALLERY_CROP_256, "landmarks", points)
     assert chip.method == crop.method == "landmarks"

@@ -18,23 +18,16 @@ TensorFlow and Keras are imported inside the functions, so importing this module
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facerank.descriptor.export import export_net
 from facerank.errors import ModelLoadError
-from facerank.faces.landmarks import (
-    INPUT_NAME,
-    LANDMARK_INPUT_SIZE,
-    LANDMARK_MODEL_NAME,
-    OUTPUT_NAME,
-    SIGNATURE,
-)
+from facerank.faces.landmarks import LANDMARK_INPUT_SIZE, LANDMARK_MODEL_NAME, OUTPUT_NAME
+from facerank.faces.netserve import INPUT_NAME
 
 if TYPE_CHECKING:
     import keras
@@ -160,33 +153,12 @@ def _load_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None
 
 
 def export_landmark_net(model: Any, directory: Path) -> Path:
-    """Save ``model`` as a SavedModel at ``directory``, atomically.
+    """Save ``model`` as a SavedModel at ``directory``, atomically (:func:`export_net`).
 
     One signature, ``serving_default``: ``images`` ``(N, 112, 112, 3)`` float32 -> ``points``
-    ``(N, 136)``. Written into a temporary sibling and renamed into place, so a directory that
-    exists is complete; if another process finished first, its copy is kept.
+    ``(N, 136)``.
     """
-    import tensorflow as tf
-
-    spec = tf.TensorSpec([None, LANDMARK_INPUT_SIZE, LANDMARK_INPUT_SIZE, 3], tf.float32)
-    module = tf.Module()
-    module.model = model
-
-    @tf.function(input_signature=[spec])
-    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_NAME: model(images)}
-
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        tf.saved_model.save(module, str(staging), signatures={SIGNATURE: serve})
-        os.rename(staging, directory)
-    except OSError:
-        if not directory.is_dir():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+    return export_net(model, directory, size=LANDMARK_INPUT_SIZE, output=OUTPUT_NAME)
 
 
 def landmark_model_dir(settings: Settings) -> Path:

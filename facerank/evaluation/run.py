@@ -178,7 +178,7 @@ def detect_and_align(
             return None
         points = None
         if align == "landmarks" and locator is not None:
-            [points] = locator.locate(pixels, [detections[0].box])
+            [points] = locator.locate(pixels, [detections[0].landmark_region()])
         aligned = [align_face(pixels, detections[0], spec, align, points) for spec in specs]
         return [face.chip for face in aligned], aligned[0].method
 
