@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,10 +62,10 @@ from facerank.faces.landmarks import (
 )
 from facerank.pipeline import FacePipeline
 from facerank.settings import Settings
+from tests.plugins.faceapi_js import run_face_api
 
 keras = pytest.importorskip("keras")
 
-JS_DIR = Path(__file__).resolve().parent / "js"
 TOLERANCE = 1e-5
 """Largest absolute difference allowed between our landmarks and face-api's (fractions)."""
 
@@ -214,37 +212,11 @@ def locator(landmark_settings: Settings) -> LandmarkLocator:
     return LandmarkLocator(landmark_model_dir(landmark_settings))
 
 
-@pytest.fixture(scope="session")
-def node_bundle(package_files: Path) -> Path:
-    """face-api's extracted package, once node and the pinned TF.js modules are there."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: cannot run face-api's JavaScript as the reference")
-    for module in ("@tensorflow/tfjs", "@tensorflow/tfjs-backend-wasm"):
-        if not (JS_DIR / "node_modules" / module / "package.json").is_file():
-            pytest.skip(f"{module} is not installed: run `npm ci --prefix tests/js` first")
-    return package_files
-
-
 def face_api_landmarks(
     bundle: Path, settings: Settings, images: list[np.ndarray], mode: str, work: Path
 ) -> np.ndarray:
     """face-api's ``faceLandmark68Net`` on ``images`` through ``tests/js/landmarks.js``."""
-    np.concatenate([i.astype("<f4").ravel() for i in images]).tofile(work / "images.f32")
-    result = subprocess.run(
-        [
-            "node",
-            str(JS_DIR / "landmarks.js"),
-            *("--package", str(bundle), "--model", str(package_model_dir(settings))),
-            *("--input", str(work / "images.f32"), "--mode", mode),
-            *("--shapes", ",".join(f"{i.shape[0]}x{i.shape[1]}" for i in images)),
-            *("--output", str(work / "points.f32")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    run_face_api("landmarks.js", bundle, settings, images, mode=mode, output=work / "points.f32")
     return np.fromfile(work / "points.f32", "<f4").reshape(len(images), 136)
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +37,7 @@ from facerank.descriptor.ssd import (
 )
 from facerank.descriptor.tfjs import read_tfjs_weights
 from facerank.errors import ModelLoadError
-from facerank.faces import Detection, HaarFaceDetector, SsdFaceDetector
+from facerank.faces import DLIB_CHIP_150, Detection, HaarFaceDetector, SsdFaceDetector, align_face
 from facerank.faces.ssd import (
     ANCHORS,
     SSD_INPUT_SIZE,
@@ -50,11 +48,11 @@ from facerank.faces.ssd import (
 from facerank.imaging.resize import square_resize
 from facerank.pipeline import detector_from_settings
 from facerank.settings import Settings
+from tests.plugins.faceapi_js import run_face_api
 from tests.plugins.faces import ASTRONAUT_FACE_BOX, SAMPLE_PHOTO_FACES, iou, paste_faces
 
 keras = pytest.importorskip("keras")
 
-JS_DIR = Path(__file__).resolve().parent / "js"
 TOLERANCE = 1e-4
 """Largest absolute difference allowed between ours and face-api's: scores, and box edges as
 fractions of the 512 px square (raw output) or of the photo (detections)."""
@@ -171,37 +169,12 @@ def detector(fetched_settings: Settings) -> SsdFaceDetector:
     )
 
 
-@pytest.fixture(scope="session")
-def node_bundle(package_files: Path) -> Path:
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: cannot run face-api's JavaScript as the reference")
-    for module in ("@tensorflow/tfjs", "@tensorflow/tfjs-backend-wasm"):
-        if not (JS_DIR / "node_modules" / module / "package.json").is_file():
-            pytest.skip(f"{module} is not installed: run `npm ci --prefix tests/js` first")
-    return package_files
-
-
 def face_api_ssd(
     bundle: Path, settings: Settings, images: list[np.ndarray], mode: str, work: Path
 ) -> Any:
     """face-api's ``ssdMobilenetv1`` on ``images`` through ``tests/js/ssd.js``."""
-    np.concatenate([i.astype("<f4").ravel() for i in images]).tofile(work / "images.f32")
     output = work / ("out.f32" if mode == "net" else "out.json")
-    result = subprocess.run(
-        [
-            "node",
-            str(JS_DIR / "ssd.js"),
-            *("--package", str(bundle), "--model", str(package_model_dir(settings))),
-            *("--input", str(work / "images.f32"), "--mode", mode),
-            *("--shapes", ",".join(f"{i.shape[0]}x{i.shape[1]}" for i in images)),
-            *("--output", str(output)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    run_face_api("ssd.js", bundle, settings, images, mode=mode, output=output)
     if mode == "net":
         return np.fromfile(output, "<f4").reshape(len(images), ANCHORS, 5)
     return json.loads(output.read_text())
@@ -362,6 +335,17 @@ def test_the_astronaut_has_one_face_where_it_is(
     assert iou(face.box, ASTRONAUT_FACE_BOX) > 0.6
     assert face.region is not None
     assert np.abs(np.array(face.region) - face.box).max() <= 1.0
+
+
+def test_ssd_faces_align_on_their_box_in_eyes_mode(
+    default_ssd: SsdFaceDetector, astronaut: np.ndarray
+) -> None:
+    """SSD finds no eyes: ``eyes`` alignment uses the eye positions calibrated in SSD boxes."""
+    [face] = default_ssd.detect(astronaut)
+    aligned = align_face(astronaut, face, DLIB_CHIP_150, "eyes")
+    assert aligned.method == "box"
+    left, right = (aligned.transform @ np.array([*eye, 1.0]) for eye in face.box_eyes())
+    np.testing.assert_allclose([left, right], [DLIB_CHIP_150.left_eye, DLIB_CHIP_150.right_eye])
 
 
 def test_every_face_of_the_group_photos_largest_first_without_duplicates(

@@ -11,10 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from facerank.faces.netserve import INPUT_NAME, SIGNATURE
+
+if TYPE_CHECKING:
+    from facerank.settings import Settings
 
 
 def export_net(model: Any, directory: Path, *, size: int, output: str | None = None) -> Path:
@@ -45,3 +51,30 @@ def export_net(model: Any, directory: Path, *, size: int, output: str | None = N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def ensure_net(
+    settings: Settings,
+    target: Path,
+    manifest: str,
+    build: Callable[[Mapping[str, np.ndarray]], Any],
+    *,
+    size: int,
+    output: str | None = None,
+) -> Path:
+    """The export at ``target`` of the network ``build`` makes from the package's ``manifest``.
+
+    Idempotent: an existing export is returned untouched (no TensorFlow import). Otherwise the
+    face-api package is fetched and extracted (cached, offline afterwards), the weights read,
+    the network built and exported atomically (:func:`export_net`). Raises
+    ``PackageUnavailableError`` when the package is neither cached nor fetchable,
+    ``ModelLoadError`` for unusable weights.
+    """
+    if target.is_dir():
+        return target
+    from facerank.descriptor.pretrained import ensure_pretrained, package_model_dir
+    from facerank.descriptor.tfjs import read_tfjs_weights
+
+    ensure_pretrained(settings)  # fetches and extracts the package's model/ folder
+    model = build(read_tfjs_weights(package_model_dir(settings) / manifest))
+    return export_net(model, target, size=size, output=output)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facerank.descriptor.export import export_net
-from facerank.errors import ModelLoadError
+from facerank.descriptor.export import ensure_net
+from facerank.descriptor.tfjs import check_weight_shapes
 from facerank.faces.netserve import INPUT_NAME
 from facerank.faces.ssd import ANCHORS, BOXES_NAME, SCORES_NAME, SSD_INPUT_SIZE, SSD_MODEL_NAME
 
@@ -123,19 +123,9 @@ def expected_weight_shapes() -> dict[str, tuple[int, ...]]:
 
 def check_weights(weights: Mapping[str, np.ndarray]) -> None:
     """Refuse a weight map that is not the detector's (graph constants aside), naming why."""
-    expected = expected_weight_shapes()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected) - UNUSED_CONSTANTS)
-    if missing or unexpected:
-        raise ModelLoadError(
-            "not ssdMobilenetv1 weights: "
-            f"missing {missing[:4] or 'none'}, unexpected {unexpected[:4] or 'none'}"
-        )
-    for name, shape in expected.items():
-        if tuple(np.shape(weights[name])) != shape:
-            raise ModelLoadError(
-                f"weight {name} has shape {tuple(np.shape(weights[name]))}, expected {shape}"
-            )
+    check_weight_shapes(
+        weights, expected_weight_shapes(), network="ssdMobilenetv1", unused=UNUSED_CONSTANTS
+    )
 
 
 def build_ssd_net(weights: Mapping[str, np.ndarray]) -> keras.Model:
@@ -242,34 +232,15 @@ def _load_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None
         layer.set_weights([np.asarray(weights[f"{prefix}/{n}"], np.float32) for n in names])
 
 
-def export_ssd_net(model: Any, directory: Path) -> Path:
-    """Save ``model`` as a SavedModel at ``directory``, atomically (:func:`export_net`).
-
-    One signature, ``serving_default``: ``images`` ``(N, 512, 512, 3)`` float32 -> ``boxes``
-    ``(N, 5118, 4)`` and ``scores`` ``(N, 5118)``.
-    """
-    return export_net(model, directory, size=SSD_INPUT_SIZE)
-
-
 def ssd_model_dir(settings: Settings) -> Path:
     """Where :func:`ensure_ssd_model` keeps the export: re-creatable, so in the cache."""
     return settings.cache_dir / "models" / SSD_MODEL_NAME
 
 
 def ensure_ssd_model(settings: Settings) -> Path:
-    """The SSD SavedModel in ``settings.cache_dir/models/ssd-mobilenetv1-v1``, made if absent.
-
-    Idempotent: an existing export is returned untouched (no TensorFlow import). Otherwise the
-    face-api package is fetched and extracted (cached, offline afterwards), its SSD weights
-    converted and exported atomically. Raises ``PackageUnavailableError`` when the package is
-    neither cached nor fetchable, :class:`ModelLoadError` for unusable weights.
-    """
-    target = ssd_model_dir(settings)
-    if target.is_dir():
-        return target
-    from facerank.descriptor.pretrained import ensure_pretrained, package_model_dir
-    from facerank.descriptor.tfjs import read_tfjs_weights
-
-    ensure_pretrained(settings)  # fetches and extracts the package's model/ folder
-    model = build_ssd_net(read_tfjs_weights(package_model_dir(settings) / MANIFEST_NAME))
-    return export_ssd_net(model, target)
+    """The SSD SavedModel in ``settings.cache_dir/models/ssd-mobilenetv1-v1``, made if absent
+    (:func:`ensure_net`). Its signature: ``images`` ``(N, 512, 512, 3)`` float32 -> ``boxes``
+    ``(N, 5118, 4)`` and ``scores`` ``(N, 5118)``."""
+    return ensure_net(
+        settings, ssd_model_dir(settings), MANIFEST_NAME, build_ssd_net, size=SSD_INPUT_SIZE
+    )
