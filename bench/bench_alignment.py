@@ -65,7 +65,7 @@ def load_faces(
         pixels = rolled(read_image_file(image.path).pixels, rng.uniform(-roll, roll))
         found = detector.detect(pixels)
         if found:
-            [points] = locator.locate(pixels, [found[0].box])
+            [points] = locator.locate(pixels, [found[0].landmark_region()])
             faces.append(Face(image.identity, pixels, found[0], points))
     return faces
 
@@ -112,7 +112,7 @@ def bench_cost(
     chips = np.stack([align_face(f.pixels, f.detection, embedder.chip).chip for f in sample])
 
     def locate() -> object:
-        return [locator.locate(f.pixels, [f.detection.box]) for f in sample]
+        return [locator.locate(f.pixels, [f.detection.landmark_region()]) for f in sample]
 
     # Ratios are landmarks / the other step, per repeat, with their spread.
     over_detect = time_pair(lambda: [detector.detect(f.pixels) for f in sample], locate, repeat)

@@ -9,7 +9,12 @@ Prints a table and writes ``bench/results/pipeline.json``. Comparisons:
   "no slower than Haar itself costs";
 * embedding: ``lbp-v0`` on batches of 64 chips against one chip per call;
 * files: ``FacePipeline.analyze_files`` (threads, bounded look-ahead) against a plain loop;
-* SavedModel serving: the exported signature against ``keras.Model.predict`` per request.
+* SavedModel serving: the exported signature against ``keras.Model.predict`` per request;
+* detectors (needs ``facerank models fetch``): face-api's SSD against Haar per image, and the
+  whole default pipeline (detect + 68 landmarks + dlib-r34-v1 embedding) with SSD (the new
+  default) against Haar (the old one), on the same photo at 640x480 and at LFW's 250x250, calls
+  alternated; medians with the 10th and 90th percentiles. The budget: the new default at most
+  1.5x the old per image.
 """
 
 from __future__ import annotations
@@ -48,6 +53,25 @@ def compare(
             fn()
             times.append(time.perf_counter() - start)
     return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def timed(contenders: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+    """Seconds of each call, contenders alternated so background load hits all alike."""
+    for fn in contenders.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def spread(seconds: list[float]) -> dict[str, float]:
+    """Median and 10th/90th percentiles, in milliseconds."""
+    p10, p50, p90 = np.percentile(np.array(seconds) * 1e3, [10, 50, 90])
+    return {"median_ms": float(p50), "p10_ms": float(p10), "p90_ms": float(p90)}
 
 
 def photo_640x480() -> np.ndarray:
@@ -140,6 +164,63 @@ def bench_savedmodel(repeat: int) -> dict[str, float]:
     }
 
 
+def photo_250x250() -> np.ndarray:
+    """The astronaut framed as LFW frames its faces: the face about 40% of a 250 px square."""
+    head = skdata.astronaut()[0:230, 110:340]
+    return cv2.resize(head, (250, 250), interpolation=cv2.INTER_AREA)
+
+
+def bench_detectors(repeat: int) -> dict[str, object]:
+    from facerank.descriptor.landmarks import landmark_model_dir
+    from facerank.descriptor.pretrained import pretrained_model_dir
+    from facerank.descriptor.ssd import ssd_model_dir
+    from facerank.embedding.savedmodel import SavedModelEmbedder
+    from facerank.faces import LandmarkLocator, SsdFaceDetector
+    from facerank.settings import Settings
+
+    settings = Settings.from_env({})
+    folders = (
+        ssd_model_dir(settings),
+        landmark_model_dir(settings),
+        pretrained_model_dir(settings),
+    )
+    if not all(folder.is_dir() for folder in folders):
+        raise SystemExit("the detector benchmark needs `facerank models fetch` first")
+    embedder = SavedModelEmbedder(pretrained_model_dir(settings))
+    locator = LandmarkLocator(landmark_model_dir(settings))
+    detectors = {"haar": HaarFaceDetector(), "ssd": SsdFaceDetector(ssd_model_dir(settings))}
+    pipelines = {
+        name: FacePipeline(detector, embedder, align_mode="landmarks", locator=locator)
+        for name, detector in detectors.items()
+    }
+
+    def whole(pipeline: FacePipeline, image: np.ndarray) -> object:
+        return pipeline.embed(pipeline.analyze(image).faces)
+
+    results: dict[str, object] = {}
+    for size, image in (("640x480", photo_640x480()), ("250x250", photo_250x250())):
+        faces = {name: len(d.detect(image)) for name, d in detectors.items()}
+        if faces != {"haar": 1, "ssd": 1}:
+            raise SystemExit(f"{size}: expected one face for each detector, got {faces}")
+        samples = timed(
+            {
+                "detect_haar": lambda d=detectors["haar"], i=image: d.detect(i),
+                "detect_ssd": lambda d=detectors["ssd"], i=image: d.detect(i),
+                "pipeline_haar": lambda p=pipelines["haar"], i=image: whole(p, i),
+                "pipeline_ssd": lambda p=pipelines["ssd"], i=image: whole(p, i),
+            },
+            repeat,
+        )
+        figures = {name: spread(times) for name, times in samples.items()}
+        median = {name: figures[name]["median_ms"] for name in figures}
+        results[size] = {
+            **figures,
+            "detect_ratio_ssd_to_haar": median["detect_ssd"] / median["detect_haar"],
+            "pipeline_ratio_new_to_old": median["pipeline_ssd"] / median["pipeline_haar"],
+        }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
@@ -154,11 +235,20 @@ def main() -> None:
         "lbp_embedding": bench_lbp(max(3, args.repeat // 4)),
         "analyze_16_files": bench_files(max(3, args.repeat // 5)),
         "savedmodel_single_chip": bench_savedmodel(args.repeat),
+        "detectors": bench_detectors(args.repeat),
     }
     for name, figures in results.items():
-        if name == "machine":
+        if name in ("machine", "detectors"):
             continue
         print(f"{name:<24} " + "  ".join(f"{k}={v:,.2f}" for k, v in figures.items()))
+    for size, figures in results["detectors"].items():
+        for name, value in figures.items():
+            shown = (
+                f"{value:.2f}"
+                if isinstance(value, float)
+                else "{median_ms:.1f} ms (p10 {p10_ms:.1f}, p90 {p90_ms:.1f})".format(**value)
+            )
+            print(f"{size:<8} {name:<26} {shown}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {RESULTS}")

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from facerank.errors import NoFaceError, ObjectNotFoundError
-from facerank.faces import Detection, HaarFaceDetector
+from facerank.faces import Detection, FaceDetector
 from facerank.faces.detect import Box
 from facerank.imaging import decode_image, read_image_file
 from facerank.npm import (
@@ -48,7 +48,8 @@ TOP_K = 3
 
 ENROLL_MARGIN = 0.6
 """Each side of a face box grows by this fraction of its width for the enrolled crop: the
-enroll function detects the face again, and Haar needs the forehead, chin and some background."""
+enroll function detects the face again, and detectors need the forehead, chin and some
+background."""
 
 QUERY_MARGIN = 0.35
 QUERY_SHIFT = (0.08, -0.05)
@@ -128,9 +129,9 @@ def prepare_demo(
 
 
 def _enrollable_faces(
-    settings: Settings, package: NpmPackage, detector: HaarFaceDetector
+    settings: Settings, package: NpmPackage, detector: FaceDetector
 ) -> Iterator[_DemoFace]:
-    """Each face Haar finds in the sample photos whose crop it finds again, as
+    """Each face the detector finds in the sample photos whose crop it finds again, as
     ``demo-sample<N>-face<M>`` (M: rank by size in the photo, so names never shift)."""
     cache_dir = settings.cache_dir / "npm"
     try:
@@ -156,7 +157,7 @@ def _enrollable_faces(
                     log.info("demo: %s left out: no face found again in its crop", identity)
 
 
-def _make_query(faces: list[_DemoFace], detector: HaarFaceDetector) -> tuple[bytes, str]:
+def _make_query(faces: list[_DemoFace], detector: FaceDetector) -> tuple[bytes, str]:
     """The query JPEG and its identity: the first face (by sample, largest first) whose
     re-framed crop is still detected, preferring faces whose eyes were found (clearer faces)."""
     for face in sorted(faces, key=lambda f: f.detection.eyes is None):  # stable: keeps order

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +23,9 @@ from facerank.embedding import Embedder
 from facerank.errors import InvalidImageError
 from facerank.faces import AlignedFace, AlignMode, Detection, FaceDetector, HaarFaceDetector
 from facerank.faces.align import ChipSpec, align_face
+from facerank.faces.detect import HAAR_MIN_CONFIDENCE
 from facerank.faces.landmarks import LandmarkLocator
+from facerank.faces.ssd import SSD_MIN_CONFIDENCE, SsdFaceDetector
 from facerank.imaging import DecodedImage, decode_image, read_image_file
 from facerank.registry.locate import default_model, load_model
 from facerank.settings import Settings
@@ -108,7 +111,7 @@ class FacePipeline:
         detections = self.detector.detect(pixels)
         points: list[np.ndarray | None] = [None] * len(detections)
         if self.locator is not None and detections:
-            points = self.locator.locate(pixels, [d.box for d in detections])
+            points = self.locator.locate(pixels, [d.landmark_region() for d in detections])
         chip = self.embedder.chip
         faces = [
             Face(d, align_face(pixels, d, chip, self.align_mode, p), p)
@@ -149,13 +152,49 @@ class FacePipeline:
         return self.embedder.embed(np.stack([f.aligned.chip for f in faces]))
 
 
-def detector_from_settings(settings: Settings) -> FaceDetector:
-    """The detector ``settings.detector`` names, configured by the detection settings."""
+def detector_from_settings(
+    settings: Settings, *, min_face_size: int | None = None, max_faces: int | None = None
+) -> FaceDetector:
+    """The detector ``settings.detector`` names, configured by the detection settings (or the
+    overrides given). ``ssd`` whose model is not set up detects with Haar instead, saying so
+    once per process, as nothing is downloaded or converted while serving."""
+    size = settings.min_face_size if min_face_size is None else min_face_size
+    count = settings.max_faces if max_faces is None else max_faces
+    threshold = settings.min_face_confidence
+    if settings.detector == "ssd":
+        from facerank.descriptor.ssd import ssd_model_dir
+
+        model_dir = ssd_model_dir(settings)
+        if model_dir.is_dir():
+            return SsdFaceDetector(
+                model_dir,
+                min_face_size=size,
+                max_faces=count,
+                min_confidence=SSD_MIN_CONFIDENCE if threshold is None else threshold,
+            )
+        _warn_once(
+            f"the SSD face detector is not set up in {model_dir} (run `facerank models fetch`); "
+            "detecting faces with the Haar cascade instead"
+        )
     return HaarFaceDetector(
-        min_face_size=settings.min_face_size,
-        max_faces=settings.max_faces,
-        min_confidence=settings.min_face_confidence,
+        min_face_size=size,
+        max_faces=count,
+        min_confidence=HAAR_MIN_CONFIDENCE if threshold is None else threshold,
     )
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time this process meets it: every component
+    builds detectors more than once (each pipeline, the enroll function's probe)."""
+    with _warned_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    log.warning(message)
 
 
 def alignment_from_settings(settings: Settings) -> tuple[AlignMode, LandmarkLocator | None]:

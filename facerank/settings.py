@@ -122,9 +122,10 @@ class Settings:
     eventing_dir: Path = field(default_factory=lambda: _REPO_ROOT / "infra" / "base" / "eventing")
     """Knative Broker and Trigger manifests; the local broker routes by the same files."""
 
-    detector: DetectorKind = "haar"
+    detector: DetectorKind = "ssd"
     """Face detector: ``ssd`` (face-api's SSD MobileNet v1, converted by ``facerank models
-    fetch``) or ``haar`` (OpenCV's cascade, no weights needed)."""
+    fetch``; Haar with a warning until it is) or ``haar`` (OpenCV's cascade, no weights
+    needed)."""
 
     min_face_size: int = 40
     """Smallest face side, in pixels of the original image, that detection reports."""
@@ -137,8 +138,9 @@ class Settings:
     ``cache_dir/models`` on first use), falling back to the eyes; ``eyes``: align on detected
     eyes, falling back to the box; ``box``: always the box."""
 
-    min_face_confidence: float = 0.8
-    """Detections scoring below this are dropped (see ``HaarFaceDetector``)."""
+    min_face_confidence: float | None = None
+    """Detections scoring below this are dropped. Unset: the threshold measured for the
+    detector in use (SSD 0.5, Haar 0.8: their scores are on different scales)."""
 
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 50_000_000
@@ -248,7 +250,7 @@ class Settings:
             raise ConfigError("FACERANK_MATCH_THRESHOLD must be in (0, 2]: unit-vector distances")
         if self.gallery_refresh_s <= 0:
             raise ConfigError("FACERANK_GALLERY_REFRESH_S must be positive")
-        if not 0.0 <= self.min_face_confidence < 1.0:
+        if self.min_face_confidence is not None and not 0.0 <= self.min_face_confidence < 1.0:
             raise ConfigError("FACERANK_MIN_FACE_CONFIDENCE must be in [0, 1)")
         ports = ("predictor_port", "broker_port", "source_port", "enroll_port", "web_port")
         for name in (*ports, "retrain_port"):

@@ -86,6 +86,8 @@ class Query:
 class FaceRanking:
     box: Box
     confidence: float
+    detector: str
+    """``ssd`` or ``haar``: which detector found the face."""
     matches: list[Match]
 
 
@@ -183,7 +185,12 @@ class FacerankModel(Model):
         matches = iter(search(pair.snapshot.index, pair.pipeline.embed(faces), k, threshold))
         return [
             [
-                FaceRanking(f.detection.box, f.detection.confidence, next(matches)[: q.top_k])
+                FaceRanking(
+                    f.detection.box,
+                    f.detection.confidence,
+                    f.detection.detector,
+                    next(matches)[: q.top_k],
+                )
                 for f in image_faces
             ]
             for q, image_faces in zip(queries, per_image, strict=True)
@@ -290,6 +297,7 @@ def v1_response(model_version: str, rankings: list[list[FaceRanking]]) -> dict[s
                     {
                         "box": list(face.box),
                         "confidence": face.confidence,
+                        "detector": face.detector,
                         "matches": [asdict(m) for m in face.matches],
                     }
                     for face in faces
@@ -303,13 +311,14 @@ def v1_response(model_version: str, rankings: list[list[FaceRanking]]) -> dict[s
 def v2_response(
     request: InferRequest, model_version: str, rankings: list[list[FaceRanking]]
 ) -> InferResponse:
-    """Faces as rows of ``box``/``confidence``/``image_index``; matches as rows pointing at
-    their face through ``face_index``, closest first within each face."""
+    """Faces as rows of ``box``/``confidence``/``detector``/``image_index``; matches as rows
+    pointing at their face through ``face_index``, closest first within each face."""
     faces = [(i, face) for i, image_faces in enumerate(rankings) for face in image_faces]
     rows = [(f, m) for f, (_, face) in enumerate(faces) for m in face.matches]
     outputs = [
         _tensor("box", [face.box for _, face in faces], np.int32, (len(faces), 4)),
         _tensor("confidence", [face.confidence for _, face in faces], np.float32),
+        _tensor("detector", [face.detector.encode() for _, face in faces], np.object_),
         _tensor("image_index", [i for i, _ in faces], np.int32),
         _tensor("face_index", [f for f, _ in rows], np.int32),
         _tensor("identity", [m.identity.encode() for _, m in rows], np.object_),

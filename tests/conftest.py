@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.plugins.pretrained",
     "tests.plugins.strict",
     "tests.plugins.order",
+    "tests.plugins.faceapi_js",
 ]

@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 
 from facerank.faces import HaarFaceDetector
-from facerank.faces.detect import BOX_LEFT_EYE, BOX_RIGHT_EYE, pick_eye_pair
-from tests.plugins.faces import ASTRONAUT_FACE_BOX, paste_faces
+from facerank.faces.detect import HAAR_BOXES, pick_eye_pair
+from tests.plugins.faces import ASTRONAUT_FACE_BOX, iou, paste_faces
 
-
-def iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter)
+BOX_LEFT_EYE, BOX_RIGHT_EYE = HAAR_BOXES.left_eye, HAAR_BOXES.right_eye
 
 
 def test_finds_the_astronaut_face_with_eyes(astronaut: np.ndarray) -> None:

@@ -100,6 +100,7 @@ def test_created_event_enrolls_the_face(
     assert data["model_version"] == "lbp-v0"
     assert data["faces_seen"] == 1
     [face] = data["faces"]
+    assert face["detector"] == "haar"  # the test cache has no SSD
     assert service.gallery.identities() == {"eileen": 1}
     assert service.gallery.matrix("lbp-v0").face_ids == [face["face_id"]]
 

@@ -73,6 +73,15 @@ def test_enroll_then_read_back(gallery: Gallery) -> None:
     assert gallery.crop(record.faces[0].face_id).shape == (256, 256, 3)
 
 
+def test_a_face_record_names_its_detector_and_older_ones_read_as_haar() -> None:
+    face = EnrolledFace("id-0", (1, 2, 30, 40), 0.97, "landmarks", detector="ssd")
+    data = face.to_json()
+    assert data["detector"] == "ssd"
+    assert EnrolledFace.from_json(data) == face
+    del data["detector"]  # written before detectors were named: Haar was the only one
+    assert EnrolledFace.from_json(data).detector == "haar"
+
+
 def test_same_enrollment_twice_leaves_one_entry(gallery: Gallery) -> None:
     enroll(gallery, "alice/1.jpg")
     before = all_keys(gallery)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,6 @@ from facerank.faces.landmarks import (
     LandmarkLocator,
     face_crop,
     landmark_chip,
-    net_box,
     net_input,
     plausible,
     plausible_chip,
@@ -65,10 +62,10 @@ from facerank.faces.landmarks import (
 )
 from facerank.pipeline import FacePipeline
 from facerank.settings import Settings
+from tests.plugins.faceapi_js import run_face_api
 
 keras = pytest.importorskip("keras")
 
-JS_DIR = Path(__file__).resolve().parent / "js"
 TOLERANCE = 1e-5
 """Largest absolute difference allowed between our landmarks and face-api's (fractions)."""
 
@@ -122,7 +119,6 @@ def test_face_crop_clips_and_floors_like_face_api() -> None:
     assert face_crop((-20.0, -10.0, 120.0, 100.0), 512, 512) == (0, 0, 100, 90)
     assert face_crop((450.5, 400.7, 100.0, 150.0), 512, 512) == (450, 400, 61, 111)
     assert face_crop((600.0, 10.0, 50.0, 50.0), 512, 512) is None
-    assert net_box((100, 100, 100, 100)) == pytest.approx((92.5, 92.5, 115.0, 115.0))
 
 
 def test_net_input_pads_to_a_centred_square_then_resizes(astronaut: np.ndarray) -> None:
@@ -216,37 +212,11 @@ def locator(landmark_settings: Settings) -> LandmarkLocator:
     return LandmarkLocator(landmark_model_dir(landmark_settings))
 
 
-@pytest.fixture(scope="session")
-def node_bundle(package_files: Path) -> Path:
-    """face-api's extracted package, once node and the pinned TF.js modules are there."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: cannot run face-api's JavaScript as the reference")
-    for module in ("@tensorflow/tfjs", "@tensorflow/tfjs-backend-wasm"):
-        if not (JS_DIR / "node_modules" / module / "package.json").is_file():
-            pytest.skip(f"{module} is not installed: run `npm ci --prefix tests/js` first")
-    return package_files
-
-
 def face_api_landmarks(
     bundle: Path, settings: Settings, images: list[np.ndarray], mode: str, work: Path
 ) -> np.ndarray:
     """face-api's ``faceLandmark68Net`` on ``images`` through ``tests/js/landmarks.js``."""
-    np.concatenate([i.astype("<f4").ravel() for i in images]).tofile(work / "images.f32")
-    result = subprocess.run(
-        [
-            "node",
-            str(JS_DIR / "landmarks.js"),
-            *("--package", str(bundle), "--model", str(package_model_dir(settings))),
-            *("--input", str(work / "images.f32"), "--mode", mode),
-            *("--shapes", ",".join(f"{i.shape[0]}x{i.shape[1]}" for i in images)),
-            *("--output", str(work / "points.f32")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    run_face_api("landmarks.js", bundle, settings, images, mode=mode, output=work / "points.f32")
     return np.fromfile(work / "points.f32", "<f4").reshape(len(images), 136)
 
 
@@ -257,7 +227,7 @@ def reference_inputs(astronaut: np.ndarray) -> np.ndarray:
     rng = np.random.default_rng(7)
     ramp = np.linspace(0, 255, size)
     gradient = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1)], -1)
-    crop = face_crop(net_box((177, 67, 93, 93)), 512, 512)
+    crop = face_crop(Detection((177, 67, 93, 93), 1.0).landmark_region(), 512, 512)
     assert crop is not None
     face = net_input(astronaut, crop)
     return np.stack(
@@ -392,7 +362,7 @@ def test_landmarks_land_on_the_astronauts_features(
 ) -> None:
     [face] = HaarFaceDetector().detect(astronaut)
     assert face.eyes is not None
-    [points] = locator.locate(astronaut, [face.box])
+    [points] = locator.locate(astronaut, [face.landmark_region()])
     assert points is not None
     assert points.shape == (68, 2)
     left, right = points[36:42].mean(axis=0), points[42:48].mean(axis=0)
@@ -422,8 +392,8 @@ def test_a_rolled_face_gives_nearly_the_upright_chip(
     [upright] = detector.detect(astronaut)
     tilted_image = rolled(astronaut, upright.box, 15)
     tilted = detector.detect(tilted_image)[0]
-    [upright_points] = locator.locate(astronaut, [upright.box])
-    [tilted_points] = locator.locate(tilted_image, [tilted.box])
+    [upright_points] = locator.locate(astronaut, [upright.landmark_region()])
+    [tilted_points] = locator.locate(tilted_image, [tilted.landmark_region()])
     assert upright_points is not None
     assert tilted_points is not None
     roll = landmark_chip(upright_points).roll_degrees - landmark_chip(tilted_points).roll_degrees
@@ -446,7 +416,7 @@ def test_every_layout_comes_from_one_fit(
 ) -> None:
     """The gallery crop, rechipped, reproduces the landmark chip of any embedder's layout."""
     [face] = HaarFaceDetector().detect(astronaut)
-    [points] = locator.locate(astronaut, [face.box])
+    [points] = locator.locate(astronaut, [face.landmark_region()])
     chip = align_face(astronaut, face, spec, "landmarks", points)
     crop = align_face(astronaut, face, GALLERY_CROP_256, "landmarks", points)
     assert chip.method == crop.method == "landmarks"

@@ -108,6 +108,7 @@ def test_astronaut_ranks_first_for_another_shot(server: Server, astronaut_query:
     [face] = server.ranked(astronaut_query)
     assert len(face["box"]) == 4
     assert 0 < face["confidence"] <= 1
+    assert face["detector"] == "haar"  # the test cache has no SSD: the fallback says so
     top = face["matches"]
     assert len(top) == 3
     assert top[0]["identity"] == "astronaut"
@@ -219,6 +220,7 @@ def test_v2_json_ranks_the_astronaut(
     assert reply["parameters"]["model_version"] == "lbp-v0"
     out = outputs_of(reply)
     assert len(out["box"]) == 4
+    assert out["detector"] == ["haar"]
     assert out["image_index"] == [0]
     assert out["face_index"] == [0, 0]
     assert out["identity"][0] == "astronaut"

@@ -17,6 +17,8 @@ def test_defaults_need_no_environment(tmp_path: Path) -> None:
     assert settings.faces_bucket == "faces"
     assert settings.model == "auto"
     assert settings.s3_access_key == settings.s3_secret_key == ""
+    assert settings.detector == "ssd"
+    assert settings.min_face_confidence is None  # each detector's own measured threshold
 
 
 def test_environment_is_parsed_and_flags_win(tmp_path: Path) -> None:
@@ -62,6 +64,11 @@ def test_secret_from_a_mounted_file_stays_out_of_repr(tmp_path: Path) -> None:
         ({"FACERANK_MAX_FACES": "0"}, "FACERANK_MAX_FACES must be positive"),
         ({"FACERANK_MIN_FACE_CONFIDENCE": "high"}, "must be a number"),
         ({"FACERANK_ALIGN": "nose"}, "FACERANK_ALIGN must be"),
+        ({"FACERANK_DETECTOR": "hog"}, "FACERANK_DETECTOR must be 'ssd' or 'haar'"),
+        (
+            {"FACERANK_MIN_FACE_CONFIDENCE": "1.5"},
+            r"FACERANK_MIN_FACE_CONFIDENCE must be in \[0, 1\)",
+        ),
         ({"FACERANK_S3_SECRET_KEY_FILE": "/nonexistent/secret"}, "unreadable file"),
     ],
 )

@@ -175,14 +175,16 @@ def test_a_fresh_gallery_enrolls_and_ranks_with_the_pretrained_descriptor(
     start_up: Callable[..., Up],
     data_dir: Path,
     astronaut: np.ndarray,
-    pretrained_settings: Settings,
+    fetched_settings: Settings,
 ) -> None:
-    """What a fresh clone gets once setup converted the model: dlib-r34-v1, named in replies."""
-    up = start_up(FACERANK_CACHE_DIR=str(pretrained_settings.cache_dir))
+    """What a fresh clone gets once setup converted the models: dlib-r34-v1 and the SSD
+    detector, both named in replies."""
+    up = start_up(FACERANK_CACHE_DIR=str(fetched_settings.cache_dir))
     drop(data_dir, "eileen/1.jpg", encode(astronaut, "JPEG"))
     up.wait_for(lambda: identities(data_dir) == {"eileen": 1}, "eileen to be enrolled")
     query = another_shot(data_dir, astronaut)
     up.wait_for(lambda: top_identity(query, up.env) == "eileen", "eileen to be the top match")
     table = run_facerank("query", str(query), data_dir=data_dir, env=up.env).stdout
     assert f"model version: {PRETRAINED_VERSION}; 1 face(s)" in table
+    assert "detector ssd" in table
     assert up.stop() == 0

@@ -28,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "detect",
         help="find faces in images and print their boxes as JSON Lines",
         description="Print one JSON object per image: its size and every face found "
-        "(largest first) with box [x, y, w, h], confidence, the eyes found, and how its chip "
+        "(largest first) with box [x, y, w, h], confidence, the detector that found it "
+        "('ssd' or 'haar'), the eyes found, and how its chip "
         "is aligned: from 68 landmarks ('landmarks'), its eyes ('eyes') or its box ('box').",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
@@ -66,7 +67,7 @@ def detect_record(
     detections = detector.detect(pixels)
     points: list[np.ndarray | None] = [None] * len(detections)
     if locator is not None and detections:
-        points = locator.locate(pixels, [d.box for d in detections])
+        points = locator.locate(pixels, [d.landmark_region() for d in detections])
     return {
         "path": str(path),
         "width": pixels.shape[1],
@@ -83,6 +84,7 @@ def face_record(detection: Detection, alignment: str) -> dict[str, Any]:
     return {
         "box": list(detection.box),
         "confidence": round(detection.confidence, 4),
+        "detector": detection.detector,
         "alignment": alignment,
         "eyes": [[round(x, 1), round(y, 1)] for x, y in detection.eyes] if detection.eyes else None,
     }

@@ -5,8 +5,10 @@
   training runs.
 * ``facerank models fetch`` downloads face-api's pretrained descriptor once (npm, verified,
   cached) and converts it into a facerank model directory; ``FACERANK_MODEL=auto`` (the
-  default) then starts new galleries with it. ``--descriptors`` converts the human-models
-  descriptors too (``FACERANK_MODEL=<version>`` or ``--embedder <version>`` then name them).
+  default) then starts new galleries with it. It also exports the package's landmark net and
+  SSD face detector, which ``FACERANK_ALIGN=landmarks`` and ``FACERANK_DETECTOR=ssd`` (the
+  defaults) use. ``--descriptors`` converts the human-models descriptors too
+  (``FACERANK_MODEL=<version>`` or ``--embedder <version>`` then name them).
 * ``facerank models activate VERSION`` switches the deployment to another version: the gallery
   is re-embedded first, and queries move to the new version only once it is complete.
 
@@ -30,6 +32,7 @@ from facerank.descriptor.pretrained import (
     ensure_pretrained,
     package_model_dir,
 )
+from facerank.descriptor.ssd import ensure_ssd_model
 from facerank.embedding import BUILTIN_EMBEDDERS
 from facerank.embedding.savedmodel import CARD_NAME, ModelCard
 from facerank.gallery import Gallery
@@ -63,8 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"fetch and convert the pretrained descriptor ({PRETRAINED_VERSION})",
         description="Fetch @vladmandic/face-api with npm (once; the verified tarball is cached "
         "and reused offline), keep its TF.js weights, rebuild dlib's ResNet face descriptor "
-        "in Keras with them and export it as a facerank model directory. Does nothing when "
-        "the model is already there. Prints the model directory and version.",
+        "in Keras with them and export it as a facerank model directory; export its landmark "
+        "net and SSD face detector the same way. Does nothing for what is already there. "
+        "Prints the model directory and version.",
     )
     fetch.add_argument("--json", action="store_true", help="print one JSON object")
     fetch.add_argument(
@@ -97,6 +101,8 @@ def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
         model_dir = ensure_pretrained(settings, progress=report)
         bar.set_description_str("landmark model", refresh=True)
         ensure_landmark_model(settings)
+        bar.set_description_str("SSD face detector", refresh=True)
+        ssd_dir = ensure_ssd_model(settings)
         extra = [
             ensure_descriptor(settings, version, progress=report)
             for version in _descriptors_asked(args.descriptors)
@@ -104,6 +110,7 @@ def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
     result = {
         **_model_json(model_dir),
         "package_model_dir": str(package_model_dir(settings)),
+        "detector_dir": str(ssd_dir),
         "descriptors": [_model_json(directory) for directory in extra],
     }
     if args.json:
@@ -111,6 +118,7 @@ def run_fetch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"model {result['version']}: {model_dir}")
     print(f"TF.js weights: {result['package_model_dir']}")
+    print(f"face detector ssd: {ssd_dir}")
     for descriptor in result["descriptors"]:
         print(f"model {descriptor['version']}: {descriptor['model_dir']}")
     print("FACERANK_MODEL=auto (the default) starts new galleries with it;")

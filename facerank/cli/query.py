@@ -90,7 +90,10 @@ def print_ranking(prediction: dict[str, Any]) -> None:
     print(f"model version: {prediction.get('model_version')}; {len(faces)} face(s)")
     for number, face in enumerate(faces, start=1):
         box = ",".join(str(v) for v in face["box"])
-        print(f"face {number}  box {box}  confidence {face['confidence']:.3f}")
+        print(
+            f"face {number}  box {box}  confidence {face['confidence']:.3f}  "
+            f"detector {face['detector']}"
+        )
         print(f"  {'rank':<5}{'identity':<32}{'distance':>9}{'similarity':>11}  match")
         for rank, match in enumerate(face["matches"], start=1):
             print(

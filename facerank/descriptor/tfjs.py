@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -94,6 +95,29 @@ def read_tfjs_weights(manifest_path: Path) -> dict[str, np.ndarray]:
             weights[spec.name] = _decode(raw, spec).reshape(spec.shape)
             offset += spec.nbytes
     return weights
+
+
+def check_weight_shapes(
+    weights: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    network: str,
+    unused: frozenset[str] = frozenset(),
+) -> None:
+    """Refuse ``weights`` unless they hold exactly ``expected`` (names and shapes), besides the
+    ``unused`` graph constants a manifest may also carry; the error names what is wrong."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected) - unused)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"not {network} weights: "
+            f"missing {missing[:4] or 'none'}, unexpected {unexpected[:4] or 'none'}"
+        )
+    for name, shape in expected.items():
+        if tuple(np.shape(weights[name])) != shape:
+            raise ModelLoadError(
+                f"weight {name} has shape {tuple(np.shape(weights[name]))}, expected {shape}"
+            )
 
 
 def _groups(manifest_path: Path) -> list[Any]:

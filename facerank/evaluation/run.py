@@ -233,7 +233,7 @@ def detect_and_align(
         chosen = pick_face(detections, pixels.shape, face)
         points = None
         if align == "landmarks" and locator is not None:
-            [points] = locator.locate(pixels, [chosen.box])
+            [points] = locator.locate(pixels, [chosen.landmark_region()])
         aligned = [align_face(pixels, chosen, spec, align, points) for spec in specs]
         return [face.chip for face in aligned], aligned[0].method
 

@@ -11,6 +11,7 @@ from facerank.faces.align import (
 )
 from facerank.faces.detect import Detection, FaceDetector, HaarFaceDetector
 from facerank.faces.landmarks import LandmarkLocator
+from facerank.faces.ssd import SsdFaceDetector
 
 __all__ = [
     "ARCFACE_CHIP_112",
@@ -23,5 +24,6 @@ __all__ = [
     "FaceDetector",
     "HaarFaceDetector",
     "LandmarkLocator",
+    "SsdFaceDetector",
     "align_face",
 ]

@@ -16,7 +16,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from facerank.faces.detect import BOX_LEFT_EYE, BOX_RIGHT_EYE, Detection, Point
+from facerank.faces.detect import Detection, Point
 from facerank.faces.landmarks import plausible_chip
 
 AlignMethod = Literal["landmarks", "eyes", "box"]
@@ -139,7 +139,7 @@ def chip_transform(
             return to_spec @ np.vstack([fitted.transform, (0.0, 0.0, 1.0)]), "landmarks"
     if mode != "box" and detection.eyes is not None:
         return similarity_transform(detection.eyes, (spec.left_eye, spec.right_eye)), "eyes"
-    return similarity_transform(_box_eyes(detection), (spec.left_eye, spec.right_eye)), "box"
+    return similarity_transform(detection.box_eyes(), (spec.left_eye, spec.right_eye)), "box"
 
 
 def rechip(crop: np.ndarray, crop_spec: ChipSpec, spec: ChipSpec) -> np.ndarray:
@@ -164,14 +164,6 @@ def similarity_transform(src: tuple[Point, Point], dst: tuple[Point, Point]) -> 
     a = (d2 - d1) / (s2 - s1)
     b = d1 - a * s1
     return np.array([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]], dtype=np.float64)
-
-
-def _box_eyes(detection: Detection) -> tuple[Point, Point]:
-    x, y, w, h = detection.box
-    return (
-        (x + BOX_LEFT_EYE[0] * w, y + BOX_LEFT_EYE[1] * h),
-        (x + BOX_RIGHT_EYE[0] * w, y + BOX_RIGHT_EYE[1] * h),
-    )
 
 
 def _shrink_source(

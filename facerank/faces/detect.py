@@ -1,8 +1,12 @@
-"""Face detection with OpenCV's Haar cascades, behind a small interface.
+"""Face detection behind a small interface, and OpenCV's Haar cascades as one detector.
 
-Why Haar: it ships inside ``opencv-python-headless`` (no weights to download), runs in about
-50 ms on a 640x480 photo on one core, and is deterministic. The :class:`FaceDetector` protocol
-keeps the door open for a better detector without touching alignment or embedding.
+Why Haar stays: it ships inside ``opencv-python-headless`` (no weights to download), runs in
+about 50 ms on a 640x480 photo on one core, and is deterministic, so it is the fallback when
+the default detector, face-api's SSD (:mod:`facerank.faces.ssd`), is not set up. Detectors draw
+their boxes differently (SSD's are larger and sit lower on the face), so every
+:class:`Detection` names its detector, and what depends on where a box sits on a face (the
+region the landmark net is fed, the eye positions of the box alignment fallback) is that
+detector's :class:`BoxGeometry`, not a global.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
 
 Point = tuple[float, float]
 Box = tuple[int, int, int, int]
+FloatBox = tuple[float, float, float, float]
+DetectorName = Literal["ssd", "haar"]
 
 _CASCADE_DIR = Path(cv2.data.haarcascades)
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
@@ -30,22 +36,77 @@ _EYE_ROI_TOP_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
+class BoxGeometry:
+    """How one detector's boxes sit on a face, as fractions of the box.
+
+    ``landmark_scale``: the landmark net sees the box grown by this factor about its centre
+    (face-api trained it on its SSD's boxes, so those go in as they are). ``left_eye`` /
+    ``right_eye``: where the eye centres usually sit in the box (left and right in the image),
+    used to align on the box when neither landmarks nor eyes are usable.
+    """
+
+    landmark_scale: float
+    left_eye: Point
+    right_eye: Point
+
+
+HAAR_BOXES = BoxGeometry(landmark_scale=1.15, left_eye=(0.266, 0.380), right_eye=(0.715, 0.380))
+"""Haar boxes are tight. Eyes: the median over 248 AT&T faces where the eye cascade found
+exactly one eye on each side. Landmark scale: SSD boxes' longer side (the one ``padToSquare``
+keeps) measured 1.12 (face-api's sample photos) to 1.20 (AT&T faces) times the Haar box's;
+from 1.15 to 1.25 the landmarks move least when the box jitters by 5% (1.2% of the eye
+distance, against 1.5% on the bare Haar box)."""
+
+SSD_BOXES = BoxGeometry(landmark_scale=1.0, left_eye=(0.294, 0.380), right_eye=(0.736, 0.380))
+"""SSD boxes go to the landmark net unchanged, as face-api feeds them. Eyes: the median eye
+centres of plausible landmarks in the SSD boxes of AT&T's 400 faces (``bench/
+survey_detectors.py``: x 0.294 and 0.736, heights 0.376 and 0.384, averaged so a box-aligned
+chip is not rolled)."""
+
+BOX_GEOMETRY: dict[str, BoxGeometry] = {"haar": HAAR_BOXES, "ssd": SSD_BOXES}
+
+
+@dataclass(frozen=True)
 class Detection:
-    """One face: its box in image pixels, a detector score, and the eyes if they were found."""
+    """One face: its box in image pixels, a detector score, the eyes if they were found, and
+    which detector found it."""
 
     box: Box
     """``(x, y, w, h)`` in pixels of the original image."""
 
     confidence: float
-    """Logistic of the cascade's final-stage margin (``levelWeights``): it orders detections
-    and separates weak from strong ones; it is not a calibrated probability."""
+    """The detector's score: it orders detections and separates weak from strong ones; it is
+    not a calibrated probability, and scales differ between detectors."""
 
     eyes: tuple[Point, Point] | None = None
     """Eye centres ``(left-in-image, right-in-image)`` in image pixels, or ``None``."""
 
+    detector: DetectorName = "haar"
+    """The detector that found the face; its :class:`BoxGeometry` applies to :attr:`box`."""
+
+    region: FloatBox | None = None
+    """The detector's own sub-pixel box ``(x, y, w, h)`` when it has one (SSD), else None."""
+
     @property
     def area(self) -> int:
         return self.box[2] * self.box[3]
+
+    @property
+    def geometry(self) -> BoxGeometry:
+        return BOX_GEOMETRY[self.detector]
+
+    def landmark_region(self) -> FloatBox:
+        """What the landmark net is fed: the box grown by its detector's ``landmark_scale``."""
+        x, y, w, h = self.region or self.box
+        scale = self.geometry.landmark_scale
+        grow = (scale - 1) / 2
+        return x - grow * w, y - grow * h, w * scale, h * scale
+
+    def box_eyes(self) -> tuple[Point, Point]:
+        """The eye centres a face in this box usually has, in image pixels."""
+        x, y, w, h = self.box
+        (lx, ly), (rx, ry) = self.geometry.left_eye, self.geometry.right_eye
+        return (x + lx * w, y + ly * h), (x + rx * w, y + ry * h)
 
 
 class FaceDetector(Protocol):
@@ -54,14 +115,20 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[Detection]: ...
 
 
+HAAR_MIN_CONFIDENCE = 0.8
+"""On AT&T faces 99% of Haar's scores are above 0.9, while most of its false positives on
+skimage's non-face photos score below 0.8."""
+
+
 class HaarFaceDetector:
     """Frontal-face Haar cascade plus an eye cascade inside each face for alignment.
+
+    Confidence: the logistic of the cascade's final-stage margin (``levelWeights``).
 
     ``max_detect_side`` bounds the cost on large photos: the image is shrunk so its longer side
     is at most that many pixels before the face search (boxes are mapped back), which keeps a
     12-megapixel phone photo near the cost of a 1-megapixel one. ``min_confidence`` drops weak
-    detections: on AT&T faces 99% score above 0.9, while most false positives on skimage's
-    non-face photos score below 0.8. Cascades are loaded once per
+    detections (:data:`HAAR_MIN_CONFIDENCE`). Cascades are loaded once per
     thread because ``CascadeClassifier`` is not safe to share between threads.
     """
 
@@ -70,7 +137,7 @@ class HaarFaceDetector:
         *,
         min_face_size: int = 40,
         max_faces: int = 20,
-        min_confidence: float = 0.8,
+        min_confidence: float = HAAR_MIN_CONFIDENCE,
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
         find_eyes: bool = True,
@@ -117,6 +184,7 @@ class HaarFaceDetector:
                 box=box,
                 confidence=_logistic(weight),
                 eyes=self._find_eyes(gray, box) if self.find_eyes else None,
+                detector="haar",
             )
             for box, weight in boxes[: self.max_faces]
         ]
@@ -157,13 +225,6 @@ class HaarFaceDetector:
         return cache[name]
 
 
-# Where the eyes sit inside a Haar frontal-face box, as fractions of its width and height:
-# the median over 248 AT&T faces where the eye cascade found exactly one eye on each side.
-# Alignment uses these when no eyes are found, so a box-only chip has the same layout.
-BOX_LEFT_EYE: Point = (0.266, 0.380)
-BOX_RIGHT_EYE: Point = (0.715, 0.380)
-
-
 def pick_eye_pair(centres: list[Point]) -> tuple[Point, Point] | None:
     """Choose the plausible (left, right) pair closest to the calibrated positions, or None.
 
@@ -180,7 +241,7 @@ def pick_eye_pair(centres: list[Point]) -> tuple[Point, Point] | None:
             dx, dy = rc[0] - lc[0], rc[1] - lc[1]
             if not 0.25 <= math.hypot(dx, dy) <= 0.7 or abs(math.degrees(math.atan2(dy, dx))) > 35:
                 continue
-            cost = math.dist(lc, BOX_LEFT_EYE) + math.dist(rc, BOX_RIGHT_EYE)
+            cost = math.dist(lc, HAAR_BOXES.left_eye) + math.dist(rc, HAAR_BOXES.right_eye)
             if best is None or cost < best[0]:
                 best = (cost, (lc, rc))
     return None if best is None else best[1]

@@ -4,8 +4,10 @@ Why: a face chip aligned on landmarks (the corners of both eyes and the base of 
 to a mean face) is what dlib's face descriptor was trained on; the Haar box, or two eye centres
 from a cascade, only approximate it. The landmarks come from face-api's ``faceLandmark68Net``
 (ported by :mod:`facerank.descriptor.landmarks`), fed exactly as face-api feeds it: the face
-box clipped to the image, zero-padded to a square (centred) and resized to 112 px with TF's
-legacy bilinear sampling; its output is mapped back the way face-api's ``postProcess`` does.
+region (the detector's box, grown by its :class:`~facerank.faces.detect.BoxGeometry`'s
+``landmark_scale``) clipped to the image, zero-padded to a square (centred) and resized to
+112 px with TF's legacy bilinear sampling; its output is mapped back the way face-api's
+``postProcess`` does.
 
 The chip transform is dlib's ``get_face_chip_details`` for a 5-point shape, pixel for pixel:
 a least-squares similarity from the template points to the image points, turned into dlib's
@@ -17,25 +19,20 @@ TensorFlow is imported only when :class:`LandmarkLocator` first runs its model.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from facerank.errors import ModelLoadError
-from facerank.faces.detect import Box
-
-FloatBox = tuple[float, float, float, float]
+from facerank.faces.detect import Box, FloatBox
+from facerank.faces.netserve import ServedNet
+from facerank.imaging.resize import square_resize
 
 LANDMARK_MODEL_NAME = "landmarks68-v1"
 """Folder name of the exported landmark SavedModel under ``cache_dir/models``."""
 
 LANDMARK_INPUT_SIZE = 112
-SIGNATURE = "serving_default"
-INPUT_NAME = "images"
 OUTPUT_NAME = "points"
 """The SavedModel's interface: ``images`` (N, 112, 112, 3) float32 0..255 -> ``points`` (N,
 136), interleaved x, y as fractions of the input."""
@@ -60,12 +57,6 @@ DLIB_CHIP_SIZE = 150
 DLIB_CHIP_PADDING = 0.25
 """dlib's face-recognition chips: 150 px, 0.25 of the face's width added on each side."""
 
-NET_BOX_SCALE = 1.15
-"""The net sees the detector's box grown by this factor about its centre. face-api feeds it
-SSD boxes, whose longer side (the one ``padToSquare`` keeps) measured 1.12 (face-api's sample
-photos) to 1.20 (AT&T faces) times the Haar box's; from 1.15 to 1.25 the landmarks move least
-when the box jitters by 5% (1.2% of the eye distance, against 1.5% on the bare Haar box)."""
-
 MAX_FIT_ERROR = 0.04
 """Largest RMS distance, as a fraction of the chip size, between the five fitted points and
 dlib's template before the landmarks count as implausible. Measured: AT&T faces median 0.010,
@@ -74,12 +65,12 @@ there 0.034 to 0.42."""
 
 EYE_SPAN = (0.30, 0.65)
 """Plausible distance between the two eye centres as a fraction of the detector's box width.
-Measured: AT&T faces 0.35 to 0.49, real faces in the sample photos 0.32 to 0.42, Haar's false
-detections there 0.06 to 0.28."""
+Measured: AT&T faces 0.35 to 0.49 in Haar boxes and 0.35 to 0.52 in SSD boxes, real faces in
+the sample photos 0.32 to 0.42, Haar's false detections there 0.06 to 0.28."""
 
 MAX_ROLL_DEGREES = 40.0
-"""The Haar cascade finds upright faces (AT&T: fitted roll at most 14 degrees); a steeper
-fitted roll means the landmarks, not the face, are off."""
+"""Upright faces (AT&T: fitted roll at most 14 degrees) are what both detectors find and the
+landmark net was trained on; a steeper fitted roll means the landmarks, not the face, are off."""
 
 
 @dataclass(frozen=True)
@@ -97,13 +88,6 @@ class LandmarkChip:
     """Distance between the eye centres, in image pixels."""
 
 
-def net_box(box: Box) -> FloatBox:
-    """The region the net is fed for a detector box: grown by :data:`NET_BOX_SCALE`."""
-    x, y, w, h = box
-    grow = (NET_BOX_SCALE - 1) / 2
-    return x - grow * w, y - grow * h, w * NET_BOX_SCALE, h * NET_BOX_SCALE
-
-
 def face_crop(box: FloatBox, height: int, width: int) -> Box | None:
     """The box face-api crops: clipped to the image and floored; None if nothing is left."""
     x, y, w, h = box
@@ -116,68 +100,9 @@ def face_crop(box: FloatBox, height: int, width: int) -> Box | None:
 
 
 def net_input(image: np.ndarray, crop: Box) -> np.ndarray:
-    """``crop`` of the RGB ``image`` as the net's ``(112, 112, 3)`` float32 input.
-
-    face-api's ``padToSquare`` (zeros, the larger half after the face) followed by
-    ``resizeBilinear`` with ``alignCorners`` and ``halfPixelCenters`` off: output pixel ``i``
-    samples ``i * side / 112`` of the padded square, clamped at its last pixel, blending as
-    TF.js does (across, then down). Sampled straight from the crop, so a large face is never
-    padded or converted to float whole.
-    """
-    x, y, w, h = crop
-    side = max(w, h)
-    rows = _Taps.along(side, _pad_before(side - h), h)
-    cols = _Taps.along(side, _pad_before(side - w), w)
-    patch = image[y : y + h, x : x + w]
-
-    def pixels(
-        row: np.ndarray, row_inside: np.ndarray, col: np.ndarray, col_inside: np.ndarray
-    ) -> np.ndarray:
-        inside = (row_inside[:, None] & col_inside[None, :])[..., None]
-        return patch[row][:, col].astype(np.float32) * inside
-
-    fx, fy = cols.fraction[None, :, None], rows.fraction[:, None, None]
-    top_left = pixels(rows.low, rows.low_inside, cols.low, cols.low_inside)
-    top_right = pixels(rows.low, rows.low_inside, cols.high, cols.high_inside)
-    bottom_left = pixels(rows.high, rows.high_inside, cols.low, cols.low_inside)
-    bottom_right = pixels(rows.high, rows.high_inside, cols.high, cols.high_inside)
-    top = top_left + (top_right - top_left) * fx
-    bottom = bottom_left + (bottom_right - bottom_left) * fx
-    return top + (bottom - top) * fy
-
-
-def _pad_before(difference: int) -> int:
-    """``padToSquare(x, true)`` appends ``round(difference / 2)`` and prepends the rest."""
-    return difference - math.floor(difference * 0.5 + 0.5)
-
-
-@dataclass(frozen=True)
-class _Taps:
-    """Legacy bilinear taps along one axis: crop indices, whether each lies in the crop (not
-    in the zero padding), and the blend fraction."""
-
-    low: np.ndarray
-    low_inside: np.ndarray
-    high: np.ndarray
-    high_inside: np.ndarray
-    fraction: np.ndarray
-
-    @classmethod
-    def along(cls, side: int, before: int, length: int) -> _Taps:
-        """Taps of a ``side`` px padded axis holding ``length`` crop pixels after ``before``."""
-        scale = np.float32(side) / np.float32(LANDMARK_INPUT_SIZE)
-        position = np.arange(LANDMARK_INPUT_SIZE, dtype=np.float32) * scale
-        low = np.floor(position).astype(np.int64)
-        high = np.minimum(low + 1, side - 1)
-        low_inside = (low >= before) & (low < before + length)
-        high_inside = (high >= before) & (high < before + length)
-        return cls(
-            low=np.clip(low - before, 0, length - 1),
-            low_inside=low_inside,
-            high=np.clip(high - before, 0, length - 1),
-            high_inside=high_inside,
-            fraction=(position - low).astype(np.float32),
-        )
+    """``crop`` of the RGB ``image`` as the net's ``(112, 112, 3)`` float32 input: face-api's
+    ``padToSquare`` (zeros, the larger half after the face), then its ``resizeBilinear``."""
+    return square_resize(image, crop, LANDMARK_INPUT_SIZE, centred=True)
 
 
 def points_from_output(output: np.ndarray, crop: Box) -> np.ndarray:
@@ -202,58 +127,31 @@ class LandmarkLocator:
     def __init__(self, model_dir: Path, *, batch_size: int = 64) -> None:
         self.model_dir = Path(model_dir)
         self.batch_size = batch_size
-        self._lock = threading.Lock()
-        self._serve: Any = None
-        self._loaded: Any = None
+        self._net = ServedNet(
+            self.model_dir, what="landmark model", size=LANDMARK_INPUT_SIZE, outputs=[OUTPUT_NAME]
+        )
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """The raw net: ``(N, 112, 112, 3)`` float32 -> ``(N, 136)`` float32."""
-        import tensorflow as tf
-
-        serve = self._signature()
         out = np.empty((len(inputs), 136), dtype=np.float32)
         for start in range(0, len(inputs), self.batch_size):
-            batch = tf.convert_to_tensor(inputs[start : start + self.batch_size], tf.float32)
-            out[start : start + len(batch)] = serve(**{INPUT_NAME: batch})[OUTPUT_NAME]
+            batch = inputs[start : start + self.batch_size]
+            out[start : start + len(batch)] = self._net(batch)[OUTPUT_NAME]
         return out
 
-    def locate(self, image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray | None]:
-        """``(68, 2)`` image-pixel landmarks per detector box of the RGB ``image``, in one batch.
+    def locate(self, image: np.ndarray, regions: Sequence[FloatBox]) -> list[np.ndarray | None]:
+        """``(68, 2)`` image-pixel landmarks per face region of the RGB ``image``, in one batch.
 
-        Each box is grown by :data:`NET_BOX_SCALE` first. A box with nothing inside the image
-        gets None.
+        ``regions`` are what the net is fed (:meth:`Detection.landmark_region`). A region with
+        nothing inside the image gets None.
         """
         height, width = image.shape[:2]
-        crops = [face_crop(net_box(box), height, width) for box in boxes]
+        crops = [face_crop(region, height, width) for region in regions]
         usable = [c for c in crops if c is not None]
         if not usable:
             return [None] * len(crops)
         outputs = iter(self.predict(np.stack([net_input(image, c) for c in usable])))
         return [None if c is None else points_from_output(next(outputs), c) for c in crops]
-
-    def _signature(self) -> Any:
-        with self._lock:
-            if self._serve is None:
-                self._loaded, self._serve = _load_signature(self.model_dir)
-            return self._serve
-
-
-def _load_signature(directory: Path) -> tuple[Any, Any]:
-    """Load the SavedModel and check its signature is the landmark net's."""
-    import tensorflow as tf
-
-    try:
-        loaded = tf.saved_model.load(str(directory))
-    except (OSError, ValueError, tf.errors.OpError) as exc:
-        raise ModelLoadError(f"cannot load the landmark model from {directory}: {exc}") from None
-    signature = loaded.signatures.get(SIGNATURE)
-    inputs = {} if signature is None else signature.structured_input_signature[1]
-    size = LANDMARK_INPUT_SIZE
-    if INPUT_NAME not in inputs or inputs[INPUT_NAME].shape.as_list() != [None, size, size, 3]:
-        raise ModelLoadError(f"{directory}: not a landmark model (no {SIGNATURE} for images)")
-    if signature.structured_outputs.get(OUTPUT_NAME) is None:
-        raise ModelLoadError(f"{directory}: the landmark model has no {OUTPUT_NAME!r} output")
-    return loaded, signature
 
 
 def landmark_chip(points: np.ndarray) -> LandmarkChip:

@@ -40,7 +40,10 @@ class EnrolledFace:
     box: Box
     confidence: float
     alignment: str
-    """``eyes`` or ``box``: how the face was aligned."""
+    """``landmarks``, ``eyes`` or ``box``: how the face was aligned."""
+    detector: str = "haar"
+    """``ssd`` or ``haar``: which detector found the face (records written before detectors
+    were named are all Haar's)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class EnrolledFace:
             "box": list(self.box),
             "confidence": round(self.confidence, 6),
             "alignment": self.alignment,
+            "detector": self.detector,
         }
 
     @classmethod
@@ -58,6 +62,7 @@ class EnrolledFace:
             box=(x, y, w, h),
             confidence=float(data["confidence"]),
             alignment=str(data["alignment"]),
+            detector=str(data.get("detector", "haar")),
         )
 
 

@@ -47,7 +47,6 @@ from facerank.events import (
     describe,
     reply_event,
 )
-from facerank.faces import HaarFaceDetector
 from facerank.faces.align import GALLERY_CROP_256
 from facerank.gallery import EnrolledFace, Gallery, SourceRecord, face_id, identity_from_key
 from facerank.pipeline import (
@@ -67,7 +66,7 @@ log = logging.getLogger(__name__)
 
 REPLY_SOURCE = "facerank/enroll"
 SMALLEST_DETECTABLE = 24
-"""Haar's window: faces below this cannot be seen at all, so none can be "too small"."""
+"""Below this no detector sees faces at all (Haar's window), so none can be "too small"."""
 
 Verdict = Literal["enrolled", "rejected", "removed", "skipped"]
 
@@ -103,11 +102,8 @@ class EnrollHandler:
         self.models = models
         self.detector = detector_from_settings(settings)
         self.align_mode, self.locator = alignment_from_settings(settings)
-        self._small_face_probe = HaarFaceDetector(
-            min_face_size=SMALLEST_DETECTABLE,
-            max_faces=1,
-            min_confidence=settings.min_face_confidence,
-            find_eyes=False,
+        self._small_face_probe = detector_from_settings(
+            settings, min_face_size=SMALLEST_DETECTABLE, max_faces=1
         )
 
     def handle(self, event: CloudEvent) -> Outcome:
@@ -225,6 +221,7 @@ class EnrollHandler:
                     box=f.detection.box,
                     confidence=f.detection.confidence,
                     alignment=f.aligned.method,
+                    detector=f.detection.detector,
                 )
                 for i, f in enumerate(chosen)
             ),

@@ -14,36 +14,12 @@
  *          and maps the points back (detectLandmarks); points.f32 gets N x 136 values,
  *          interleaved x, y as fractions of the crop's width and height.
  */
-const fs = require('node:fs');
 const path = require('node:path');
-const { loadFaceApi, parseArgs, writeRows } = require('./lib/faceapi');
+const {
+  loadFaceApi, parseArgs, parseShapes, readImagesOfShapes, writeRows,
+} = require('./lib/faceapi');
 
 const NET_SIZE = 112;
-
-/** "HxW,HxW" -> [[H, W, 3], ...] */
-function parseShapes(text) {
-  return text.split(',').map((item) => {
-    const match = /^(\d+)x(\d+)$/.exec(item);
-    if (!match) throw new Error(`bad shape ${item}: expected HxW`);
-    return [Number(match[1]), Number(match[2]), 3];
-  });
-}
-
-/** One float32 file holding images of the given shapes back to back -> tensors. */
-function readImagesOfShapes(tf, file, shapes) {
-  const bytes = fs.readFileSync(file);
-  const values = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-  const total = shapes.reduce((n, [h, w, c]) => n + h * w * c, 0);
-  if (values.length !== total) {
-    throw new Error(`${file}: ${values.length} floats, the shapes need ${total}`);
-  }
-  let offset = 0;
-  return shapes.map((shape) => {
-    const size = shape[0] * shape[1] * shape[2];
-    offset += size;
-    return tf.tensor3d(values.slice(offset - size, offset), shape, 'float32');
-  });
-}
 
 async function main() {
   const args = parseArgs(

@@ -20,6 +20,15 @@ ASTRONAUT_FACE_BOX = (177, 67, 93, 93)
 """Where the face is in ``astronaut()``, checked by eye once: x, y, w, h."""
 
 
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / (aw * ah + bw * bh - w * h)
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     return np.ascontiguousarray(skdata.astronaut())
@@ -97,3 +106,24 @@ def face_shot(face: np.ndarray, rng: np.random.Generator, *, flip: bool) -> np.n
     top, left = rng.integers(0, 20, 2)
     shot = shot[top : top + 260, left : left + 260]
     return np.ascontiguousarray(shot[:, ::-1] if flip else shot)
+
+
+SAMPLE_PHOTO_FACES = {
+    "sample1.jpg": 3,
+    "sample2.jpg": 3,
+    "sample3.jpg": 3,
+    "sample4.jpg": 4,
+    "sample5.jpg": 5,
+    "sample6.jpg": 4,
+}
+"""Faces a person boxes in each of face-api's demo photos (counted by eye once): every face is
+frontal or half-turned, none smaller than 140 px."""
+
+
+@pytest.fixture(scope="session")
+def sample_photos(package_files: Path) -> dict[str, np.ndarray]:
+    """face-api's six demo photos (group shots, 1920 px wide) as RGB arrays, by file name."""
+    return {
+        name: np.asarray(Image.open(package_files / "demo" / name).convert("RGB"))
+        for name in SAMPLE_PHOTO_FACES
+    }

@@ -3,9 +3,12 @@
 Tests choose their models explicitly. The user's own cache (``~/.cache/facerank``, where setup
 converts the pretrained model) would otherwise make ``FACERANK_MODEL=auto`` mean lbp-v0 on one
 machine and the pretrained network on another, so every test process, and every child it
-starts, gets an empty cache of its own. Tests of the pretrained path take
-``pretrained_settings``: a cache where the model was converted once per session (from the
-tarball setup already fetched when there is one, so no network is needed then).
+starts, gets an empty cache of its own; there the default detector (SSD) is not set up either,
+so it falls back to Haar. Tests of the pretrained path take ``pretrained_settings``: a cache
+where the model was converted once per session (from the tarball setup already fetched when
+there is one, so no network is needed then). Tests of what ``facerank models fetch`` sets up
+as a whole (descriptor, landmark net, SSD detector) take ``fetched_settings``, a cache of its
+own converted once per session.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from facerank.descriptor.catalogue import (
 )
 from facerank.descriptor.landmarks import ensure_landmark_model
 from facerank.descriptor.pretrained import ensure_pretrained
+from facerank.descriptor.ssd import ensure_ssd_model
 from facerank.npm import (
     FACE_API,
     HUMAN_MODELS,
@@ -101,6 +105,21 @@ def _seed_npm_cache(package: NpmPackage, settings: Settings) -> None:
         os.link(cached, target)
     except OSError:
         shutil.copy2(cached, target)
+
+
+@pytest.fixture(scope="session")
+def fetched_settings(
+    pretrained_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Settings whose cache holds all that ``facerank models fetch`` converts (once per
+    session): the descriptor (copied from ``pretrained_settings``' cache, which stays as it
+    is), the landmark net and the SSD face detector."""
+    root = tmp_path_factory.mktemp("fetched")
+    settings = Settings.from_env({}, data_dir=root / "data", cache_dir=root / "cache")
+    shutil.copytree(pretrained_settings.cache_dir, settings.cache_dir)
+    ensure_landmark_model(settings)
+    ensure_ssd_model(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,31 @@ function readImages(tf, file, count, shape) {
   ));
 }
 
+/** "HxW,HxW" -> [[H, W, 3], ...] */
+function parseShapes(text) {
+  return text.split(',').map((item) => {
+    const match = /^(\d+)x(\d+)$/.exec(item);
+    if (!match) throw new Error(`bad shape ${item}: expected HxW`);
+    return [Number(match[1]), Number(match[2]), 3];
+  });
+}
+
+/** One float32 file holding images of the given shapes back to back -> tensors. */
+function readImagesOfShapes(tf, file, shapes) {
+  const bytes = fs.readFileSync(file);
+  const values = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  const total = shapes.reduce((n, [h, w, c]) => n + h * w * c, 0);
+  if (values.length !== total) {
+    throw new Error(`${file}: ${values.length} floats, the shapes need ${total}`);
+  }
+  let offset = 0;
+  return shapes.map((shape) => {
+    const size = shape[0] * shape[1] * shape[2];
+    offset += size;
+    return tf.tensor3d(values.slice(offset - size, offset), shape, 'float32');
+  });
+}
+
 /** Float32Arrays -> one little-endian float32 file, rows back to back. */
 function writeRows(file, rows) {
   const total = rows.reduce((n, row) => n + row.length, 0);
@@ -78,4 +103,6 @@ function parseArgs(argv, required) {
   return args;
 }
 
-module.exports = { loadFaceApi, parseArgs, readImages, writeRows };
+module.exports = {
+  loadFaceApi, parseArgs, parseShapes, readImages, readImagesOfShapes, writeRows,
+};
