@@ -92,6 +92,9 @@ def reindex(
             if progress is not None:
                 progress(done, len(keys))
         if missing == 0:
+            # A crash between a record write and its index write leaves the index behind the
+            # records; the switch must not activate a version whose index lacks faces.
+            gallery.repair_indexes([version])
             log.info("gallery complete for %s after %d pass(es)", version, passes)
             return ReindexResult(version, len(keys), embedded, passes)
         log.info(
