@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -30,6 +31,32 @@ class Match:
     distance: float
     similarity: float
     match: bool
+
+
+class Searchable(Protocol):
+    """What :func:`search` needs: unit rows grouped by identity, in name order.
+
+    :class:`GalleryIndex` (built in memory) and :class:`facerank.gallery.Segment` (loaded
+    from the gallery index) both are.
+    """
+
+    @property
+    def vectors(self) -> np.ndarray: ...
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    @property
+    def starts(self) -> np.ndarray: ...
+    def face_id(self, row: int) -> str: ...
+    def __len__(self) -> int: ...
+
+
+class Ranked(Protocol):
+    """An index searched by its own means (approximately), for :func:`search_all`."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    def rank(self, queries: np.ndarray, k: int, threshold: float) -> list[list[Match]]: ...
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +98,9 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.face_ids)
 
+    def face_id(self, row: int) -> str:
+        return self.face_ids[row]
+
 
 def _no_rows(vectors: np.ndarray) -> np.ndarray:
     dim = vectors.shape[1] if np.ndim(vectors) == 2 else 0
@@ -78,7 +108,7 @@ def _no_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def search(
-    index: GalleryIndex,
+    index: Searchable,
     queries: np.ndarray,
     k: int,
     threshold: float,
@@ -114,7 +144,7 @@ def search(
         [
             Match(
                 identity=index.names[c],
-                face_id=index.face_ids[f],
+                face_id=index.face_id(f),
                 distance=float(d),
                 similarity=float(s),
                 match=bool(d <= threshold),
@@ -127,11 +157,47 @@ def search(
     ]
 
 
+def search_all(
+    indexes: Sequence[Searchable | Ranked], queries: np.ndarray, k: int, threshold: float
+) -> list[list[Match]]:
+    """:func:`search` over several indexes (the segments of one gallery) as if they were one.
+
+    Exact: an identity among the overall ``k`` best is among the ``k`` best of the index
+    holding its best face, so merging each index's top ``k`` by identity loses nothing. Ties
+    break as :func:`search` breaks them: identity name, then the smaller face id.
+    """
+    parts = [_rank(index, queries, k, threshold) for index in indexes if len(index)]
+    if len(parts) < 2:
+        return parts[0] if parts else [[] for _ in range(len(queries))]
+    merged = []
+    for candidates in zip(*parts, strict=True):
+        best: dict[str, Match] = {}
+        for match in (m for matches in candidates for m in matches):
+            held = best.get(match.identity)
+            if held is None or (-match.similarity, match.face_id) < (
+                -held.similarity,
+                held.face_id,
+            ):
+                best[match.identity] = match
+        ranked = sorted(best.values(), key=lambda m: (-m.similarity, m.identity))
+        merged.append(ranked[:k])
+    return merged
+
+
+def _rank(
+    index: Searchable | Ranked, queries: np.ndarray, k: int, threshold: float
+) -> list[list[Match]]:
+    """An index that ranks by other means (:class:`inference.approximate.ApproximateSegment`)
+    brings its own ``rank``; the others are searched exactly."""
+    rank = getattr(index, "rank", None)
+    return rank(queries, k, threshold) if rank is not None else search(index, queries, k, threshold)
+
+
 def _all(keys: np.ndarray) -> np.ndarray:
     return np.broadcast_to(np.arange(keys.shape[1]), keys.shape)
 
 
-def _best_face_per_identity(sims: np.ndarray, best: np.ndarray, index: GalleryIndex) -> np.ndarray:
+def _best_face_per_identity(sims: np.ndarray, best: np.ndarray, index: Searchable) -> np.ndarray:
     """``(queries, identities)`` row of the first face reaching its identity's best cosine."""
     counts = np.diff(np.append(index.starts, len(index)))
     reaches = sims == np.repeat(best, counts, axis=1)
