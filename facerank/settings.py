@@ -94,6 +94,10 @@ class Settings:
     gallery_refresh_s: float = 2.0
     """Seconds between the predictor's polls of the gallery for enrolled and removed faces."""
 
+    reindex_workers: int = 1
+    """Processes that re-embed the gallery on a model switch, each loading the model and
+    taking a shard of the records (measured rates: ``bench/bench_gallery_scale.py``)."""
+
     search_approximate_above: int = 2_000_000
     """Galleries with more faces than this are searched approximately (FAISS IVF over each
     large index segment, recall@10 >= 0.99 measured at a million faces); 0 keeps every
@@ -264,6 +268,7 @@ class Settings:
         if self.training_backend not in ("local", "kubernetes"):
             raise ConfigError("FACERANK_TRAINING_BACKEND must be 'local' or 'kubernetes'")
         for name in (
+            "reindex_workers",
             "retrain_workers",
             "retrain_epochs",
             "retrain_steps_per_epoch",

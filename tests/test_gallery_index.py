@@ -12,14 +12,21 @@ import numpy as np
 import pytest
 
 from facerank.cli.main import main as cli
+from facerank.embedding import LbpEmbedder
 from facerank.errors import PreconditionFailedError
 from facerank.gallery import EmbeddingIndex, Gallery, IndexChange, Segment
 from facerank.gallery.index import MERGE_AT, SEGMENT_ROWS, SegmentRef, plan_compaction
+from facerank.registry import ModelRef
+from facerank.reindex import Workers, embed_crops, reindex
+from facerank.settings import Settings
 from facerank.storage import FolderStore, ObjectStore
+from functions.source.emitter import Emitter
+from functions.source.reconcile import Reconciler
 from inference.approximate import ApproximateSegment
 from inference.search import GalleryIndex, search, search_all
 from inference.snapshot import APPROXIMATE_MIN_ROWS, GalleryRefresher
-from tests.test_gallery import VERSION, enroll
+from tests.plugins.sink import EventSink
+from tests.test_gallery import VERSION, enroll, make_record
 
 DIM = 8
 
@@ -284,3 +291,41 @@ def test_a_large_gallery_is_served_approximately_above_the_setting(gallery: Gall
     query = rows[:1]
     [[best, *_]] = approximate.search(query, 3, 0.8)
     assert best.face_id == exact.search(query, 3, 0.8)[0][0].face_id == ids[0]
+
+
+def test_parallel_reembedding_gives_every_record_the_version(tmp_path: Path) -> None:
+    """Two worker processes, each loading lbp-v0 itself, shard the records between them."""
+    settings = Settings(data_dir=tmp_path)
+    gallery = Gallery(FolderStore(settings.buckets_dir), settings.gallery_bucket)
+    gallery.ensure()
+    rng = np.random.default_rng(5)
+    records = []
+    for i in range(12):
+        crop = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        record = make_record(f"p{i % 4}/{i}.jpg")
+        records.append(gallery.enroll(record, [crop], {"seed-v0": unit_rows(rng, 1)}))
+    embedder = LbpEmbedder()
+    result = reindex(gallery, embedder, workers=Workers(settings, ModelRef("lbp-v0"), 2))
+    assert (result.records, result.embedded) == (12, 12)
+    assert all("lbp-v0" in r.model_versions for r in gallery.records())
+    faces = {f.face_id for r in records for f in r.faces}
+    assert gallery.index("lbp-v0").face_ids() == faces
+    assert gallery.index("seed-v0").face_ids() == faces
+    face = records[3].faces[0].face_id
+    expected = embed_crops(embedder, [gallery.crop(face)])[0]
+    assert np.allclose(gallery.embedding(face, "lbp-v0"), expected, atol=1e-6)
+
+
+def test_the_reconcile_sweep_repairs_index_drift(
+    folder_store: FolderStore, event_sink: EventSink, tmp_path: Path
+) -> None:
+    """A record whose index write a crash cut off is served again after the hourly sweep."""
+    gallery = Gallery(folder_store, "gallery")
+    gallery.ensure()
+    folder_store.ensure_bucket("faces")
+    kept = enroll(gallery, "kept/1.jpg")
+    gallery.index(VERSION).apply(removed=[kept.faces[0].face_id])  # the index lost it
+    emitter = Emitter(event_sink.url, Settings(data_dir=tmp_path), attempts=2, backoff=0.01)
+    report = Reconciler(folder_store, gallery, emitter).run_once()
+    assert report.index_repaired == 1
+    assert gallery.index(VERSION).face_ids() == {kept.faces[0].face_id}

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from facerank.embedding.base import validate_model_version
-from facerank.errors import InvalidIdentityError, ObjectNotFoundError
+from facerank.errors import InvalidIdentityError, ObjectNotFoundError, PreconditionFailedError
 from facerank.faces.align import GALLERY_CROP_256
 from facerank.gallery.identity import identity_from_key, normalise_identity
 from facerank.gallery.index import INDEX, SEGMENT_ROWS, EmbeddingIndex, IndexChange
@@ -142,6 +142,33 @@ class Gallery:
         re-embedding never reverts a concurrent re-enrollment or resurrects a removal: it
         raises PreconditionFailedError and the caller reads again. Idempotent.
         """
+        updated = self._commit_version(stored, model_version, vectors)
+        self.index(model_version).apply(_segment(updated, vectors))
+        return updated
+
+    def add_model_versions(
+        self, model_version: str, items: Sequence[tuple[StoredRecord, np.ndarray]]
+    ) -> int:
+        """:meth:`add_model_version` for many records, with one index change for them all
+        (re-embedding's batches). Records that changed or vanished since they were read are
+        skipped, for the caller's next pass; how many gained the version."""
+        committed: list[tuple[SourceRecord, np.ndarray]] = []
+        for stored, vectors in items:
+            try:
+                committed.append((self._commit_version(stored, model_version, vectors), vectors))
+            except (PreconditionFailedError, ObjectNotFoundError):
+                continue
+        faces = [(f.face_id, r.identity) for r, _ in committed for f in r.faces]
+        if faces:
+            vectors = np.concatenate([v for _, v in committed if len(v)])
+            segment = Segment.build([f for f, _ in faces], [i for _, i in faces], vectors)
+            self.index(model_version).apply(segment)
+        return len(committed)
+
+    def _commit_version(
+        self, stored: StoredRecord, model_version: str, vectors: np.ndarray
+    ) -> SourceRecord:
+        """Embeddings, then the record naming the version, written over ``stored.etag``."""
         validate_model_version(model_version)
         record = stored.record
         if record is None or len(vectors) != len(record.faces):
@@ -150,7 +177,6 @@ class Gallery:
             self._put_embedding(face.face_id, model_version, vector)
         updated = record.with_model_version(model_version)
         self._put_record(updated, if_match=stored.etag)
-        self.index(model_version).apply(_segment(record, vectors))
         return updated
 
     def remove_source(self, bucket: str, key: str) -> SourceRecord | None:
