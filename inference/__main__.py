@@ -16,6 +16,7 @@ from facerank.serving import listen_port
 from facerank.settings import Settings
 from facerank.storage import open_store
 from inference.model import MODEL_NAME, FacerankModel
+from inference.search import one_blas_thread
 
 OPEN_PATHS = frozenset(
     {
@@ -38,6 +39,7 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s predictor %(levelname)s %(message)s"
     )
+    one_blas_thread()
     model = FacerankModel(
         settings,
         open_store(settings),

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+from facerank.gallery import Segment
 
 _SIM_BITS_OF_ONE = int(np.array(1.0, dtype=np.float32).view(np.int32))
 """Bit pattern of float32 1.0: the largest magnitude a clipped cosine can have."""
@@ -79,20 +82,16 @@ class GalleryIndex:
     def build(
         cls, face_ids: Sequence[str], identities: Sequence[str], vectors: np.ndarray
     ) -> GalleryIndex:
-        if not len(face_ids) == len(identities) == len(vectors):
-            raise ValueError("face_ids, identities and vectors must describe the same faces")
-        order = sorted(range(len(face_ids)), key=lambda i: (identities[i], face_ids[i]))
-        ids = tuple(identities[i] for i in order)
-        rows = np.asarray(vectors, dtype=np.float32)[order] if order else _no_rows(vectors)
-        rows = np.ascontiguousarray(rows)
-        rows.setflags(write=False)
-        names, starts = np.unique(np.asarray(ids, dtype=object), return_index=True)
+        """Laid out as a gallery segment is (:meth:`facerank.gallery.Segment.build`), with
+        the ids as Python strings for callers that index them."""
+        segment = Segment.build(face_ids, identities, vectors)
+        rows = range(len(segment))
         return cls(
-            face_ids=tuple(face_ids[i] for i in order),
-            identities=ids,
-            vectors=rows,
-            names=tuple(str(n) for n in names),
-            starts=starts.astype(np.intp),
+            face_ids=tuple(segment.face_id(r) for r in rows),
+            identities=tuple(segment.identity(r) for r in rows),
+            vectors=np.ascontiguousarray(segment.vectors),
+            names=segment.names,
+            starts=segment.starts,
         )
 
     def __len__(self) -> int:
@@ -102,9 +101,16 @@ class GalleryIndex:
         return self.face_ids[row]
 
 
-def _no_rows(vectors: np.ndarray) -> np.ndarray:
-    dim = vectors.shape[1] if np.ndim(vectors) == 2 else 0
-    return np.zeros((0, dim), dtype=np.float32)
+def one_blas_thread() -> None:
+    """Make every BLAS call of this process single-threaded; the predictor calls it at start.
+
+    Why: a one-face query is a matrix-vector product, and the predictor runs concurrent
+    requests on their own threads. OpenBLAS's own thread team per call then only contends:
+    measured on two cores, a 65,536 x 128 product took 29 ms alone and 3.4 s at 16 concurrent
+    callers with OpenBLAS's threads, 2.1 ms and 30 ms with one (``bench_gallery_scale.py``
+    applies this before timing either side).
+    """
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def search(
