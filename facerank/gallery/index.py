@@ -100,6 +100,10 @@ class Manifest:
             raise ValueError(f"malformed gallery index manifest: {exc}") from None
 
 
+State = tuple[Manifest, str | None]
+"""A manifest and the ETag it is stored under (None: no manifest object)."""
+
+
 @dataclass(frozen=True)
 class IndexChange:
     """What one :meth:`EmbeddingIndex.apply` changed."""
@@ -200,13 +204,16 @@ class EmbeddingIndex:
         rows_added = len(attempt.fresh) if attempt.fresh is not None else 0
         rows_removed = sum(r.rows for r in attempt.hit) - sum(r.rows for r in attempt.rewritten)
         if rows_added or rows_removed:
-            self.compact()
+            self.compact(attempt.state)
         return IndexChange(rows_added, rows_removed)
 
-    def compact(self) -> int:
-        """Merge the smallest full tier of segments, if any; how many segments were merged."""
+    def compact(self, known: State | None = None) -> int:
+        """Merge the smallest full tier of segments, if any; how many segments were merged.
+
+        ``known`` is the manifest and ETag the caller just wrote, saving a read."""
         while True:
-            manifest, etag = self.read()
+            manifest, etag = known or self.read()
+            known = None
             group = plan_compaction(manifest.segments)
             if not group:
                 return 0
@@ -216,7 +223,7 @@ class EmbeddingIndex:
                 self._check_moved(etag)
                 continue
             kept = tuple(r for r in manifest.segments if r not in group)
-            if self._swap(Manifest((*kept, merged), manifest.dim), etag, [merged]):
+            if self._swap(Manifest((*kept, merged), manifest.dim), etag, [merged]) is not None:
                 self._delete_segments(group)
                 log.info("index %s: merged %d segments into one", self.model_version, len(group))
                 return len(group)
@@ -276,7 +283,8 @@ class EmbeddingIndex:
         added_refs = [*attempt.rewritten, *([attempt.fresh_ref] if attempt.fresh_ref else [])]
         kept = tuple(r for r in manifest.segments if r not in attempt.hit)
         dim = manifest.dim or (fresh.dim if fresh is not None else 0)
-        return self._swap(Manifest((*kept, *added_refs), dim), etag, attempt.rewritten)
+        attempt.state = self._swap(Manifest((*kept, *added_refs), dim), etag, attempt.rewritten)
+        return attempt.state is not None
 
     def _check_moved(self, etag: str | None) -> None:
         """A listed segment was missing: fine if the manifest moved on (re-read it), an error
@@ -320,13 +328,16 @@ class EmbeddingIndex:
             self._members[name] = np.sort(segment.face_ids)
         return SegmentRef(name, len(segment))
 
-    def _swap(self, manifest: Manifest, etag: str | None, written: Sequence[SegmentRef]) -> bool:
-        """Put ``manifest`` if the stored one is still ``etag``; else undo ``written``."""
+    def _swap(
+        self, manifest: Manifest, etag: str | None, written: Sequence[SegmentRef]
+    ) -> State | None:
+        """Put ``manifest`` if the stored one is still ``etag``, and return it with its new
+        ETag; else undo ``written`` and return None."""
         body = json.dumps(manifest.to_json(self.model_version), indent=0).encode()
         key = self.prefix + MANIFEST
         try:
             if manifest.segments:
-                self.store.put(
+                info = self.store.put(
                     self.bucket,
                     key,
                     body,
@@ -334,14 +345,15 @@ class EmbeddingIndex:
                     if_match=etag,
                     if_none_match=etag is None,
                 )
-            elif etag is not None:
+                return manifest, info.etag
+            if etag is not None:
                 # An empty index is no index: a gallery whose last face went is as it was
                 # before its first (a conditional delete, so a concurrent add is not lost).
                 self.store.delete(self.bucket, key, if_match=etag)
         except PreconditionFailedError:
             self._delete_segments(written)
-            return False
-        return True
+            return None
+        return manifest, None
 
     def _delete_segments(self, refs: Iterable[SegmentRef]) -> None:
         for ref in refs:
@@ -366,6 +378,8 @@ class _Attempt:
     """Segments holding removed faces."""
     rewritten: list[SegmentRef] = field(default_factory=list)
     """``hit`` rewritten without them."""
+    state: State | None = None
+    """The manifest written and its ETag, once an attempt succeeded."""
 
     def same_fresh(self, fresh: Segment | None) -> bool:
         return (
