@@ -99,9 +99,9 @@ class Settings:
     taking a shard of the records (measured rates: ``bench/bench_gallery_scale.py``)."""
 
     search_approximate_above: int = 2_000_000
-    """Galleries with more faces than this are searched approximately (FAISS IVF over each
-    large index segment, recall@10 >= 0.99 measured at a million faces); 0 keeps every
-    search exact. Below it exact search is fast enough (about 30 ms per face at a million)."""
+    """Galleries with more faces than this hold their large index segments as float16 in FAISS
+    (half the memory; recall@10 against the exact search in ``bench/bench_gallery_scale.py``);
+    0 keeps every search exact."""
 
     broker_port: int = 8090
     """Local broker ingress (embedded mode; in a cluster the Knative Broker replaces it)."""

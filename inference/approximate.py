@@ -1,18 +1,15 @@
-"""Approximate search of one segment: an 8-bit FAISS scan for candidates, an exact re-rank.
+"""Approximate search of one segment: its rows kept as float16 in a FAISS flat index.
 
-Why 8-bit scalar quantization and not an inverted file or a graph: measured on the
-benchmark's gallery (``bench/bench_gallery_scale.py``), a query's 2nd to 10th identities sit
-at nearly equal, low similarities, the case partition-based indexes do worst: FAISS IVF-Flat
-found 47 % of the exact top 10 at 48 probes and 84 % at 256 (of 1,788 lists, 200k faces),
-and HNSW takes minutes to build a million rows on two cores. A scan of 8-bit codes reads a
-quarter of the bytes of the float32 matrix, which is what bounds a one-face query, and misses
-almost nothing; re-ranking its candidates against the float32 rows makes the reported
-similarities exact and the ranking the exact search's whenever the candidates hold the
-answer (recall@10 is measured against the exact search by the benchmark).
+Why this, for galleries beyond one replica's memory: a replica's memory is its rows, and
+float16 halves it (a replica holds twice the faces) while moving each similarity by about
+1e-3, so rankings change only between near-ties. Partition and graph indexes were measured
+and rejected for this gallery: a query's 2nd to 10th identities sit at nearly equal, low
+similarities, where FAISS IVF-Flat found 47 % of the exact top 10 at 48 probes and 84 % at 256
+(200k faces), an 8-bit scan found 98 %, and HNSW takes minutes to build a million rows on two
+cores. Recall@10 against the exact search is measured by ``bench/bench_gallery_scale.py``.
 
 Why per segment: segments are immutable, so each one's codes are built once when the segment
-is loaded (a pass over its rows, no training beyond per-dimension ranges) and dropped with it.
-The codes add a quarter to the segment's memory.
+is loaded (one pass over its rows) and replace its float32 rows in memory.
 """
 
 from __future__ import annotations
@@ -23,11 +20,11 @@ import faiss
 import numpy as np
 
 from facerank.gallery import Segment
-from inference.search import Match, search
+from inference.search import Match
 
 CANDIDATES_PER_K = 10
-"""Faces taken from the 8-bit scan per identity asked for: several faces of one person can
-rank before the next person, and quantization can swap near neighbours."""
+"""Faces fetched per identity asked for: several faces of one person can rank before the
+next person."""
 
 faiss.omp_set_num_threads(1)
 """One query is one thread: the predictor answers concurrent requests on its own threads, and
@@ -36,45 +33,45 @@ FAISS's OpenMP team per call only contends with them."""
 
 @dataclass(frozen=True)
 class ApproximateSegment:
-    """A segment with 8-bit codes of its rows beside it."""
+    """A segment's identities and face ids, its rows as float16 codes in FAISS."""
 
-    segment: Segment
-    codes: faiss.IndexScalarQuantizer
+    rows: faiss.IndexScalarQuantizer
+    codes: np.ndarray
+    names: tuple[str, ...]
+    face_ids: np.ndarray
 
     @classmethod
     def build(cls, segment: Segment) -> ApproximateSegment:
-        rows = np.ascontiguousarray(segment.vectors, dtype=np.float32)
-        codes = faiss.IndexScalarQuantizer(
-            segment.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        rows = faiss.IndexScalarQuantizer(
+            segment.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
         )
-        codes.train(rows)
-        codes.add(rows)
-        return cls(segment, codes)
+        rows.add(np.ascontiguousarray(segment.vectors, dtype=np.float32))
+        return cls(rows, segment.codes, segment.names, segment.face_ids)
 
     def __len__(self) -> int:
-        return len(self.segment)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.segment.names
+        return len(self.face_ids)
 
     def rank(self, queries: np.ndarray, k: int, threshold: float) -> list[list[Match]]:
-        """The ``k`` best identities per query among the scan's candidates, ranked exactly."""
+        """The ``k`` best identities per query among its best ``k * CANDIDATES_PER_K`` faces,
+        each through its best face; ties by identity name, as the exact search breaks them."""
         wanted = min(len(self), k * CANDIDATES_PER_K)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        _, rows = self.codes.search(queries, wanted)
-        return [
-            search(self._candidates(found[found >= 0]), query[None, :], k, threshold)[0]
-            for query, found in zip(queries, rows, strict=True)
-        ]
+        sims, rows = self.rows.search(np.ascontiguousarray(queries, dtype=np.float32), wanted)
+        ranked = []
+        for row_sims, row_ids in zip(sims.tolist(), rows.tolist(), strict=True):
+            best: dict[int, tuple[float, int]] = {}
+            for sim, row in zip(row_sims, row_ids, strict=True):
+                if row >= 0:
+                    best.setdefault(int(self.codes[row]), (min(1.0, max(-1.0, sim)), row))
+            order = sorted(best.items(), key=lambda item: (-item[1][0], self.names[item[0]]))
+            ranked.append([self._match(c, sim, row, threshold) for c, (sim, row) in order[:k]])
+        return ranked
 
-    def _candidates(self, rows: np.ndarray) -> Segment:
-        """The segment cut down to ``rows``, still identity-sorted (row order is)."""
-        rows = np.sort(rows)
-        used, codes = np.unique(self.segment.codes[rows], return_inverse=True)
-        return Segment(
-            self.segment.vectors[rows],
-            codes.astype(np.int32),
-            tuple(self.segment.names[c] for c in used),
-            self.segment.face_ids[rows],
+    def _match(self, code: int, sim: float, row: int, threshold: float) -> Match:
+        distance = float(np.sqrt(max(0.0, 2.0 - 2.0 * sim)))
+        return Match(
+            identity=self.names[code],
+            face_id=bytes(self.face_ids[row]).decode(),
+            distance=distance,
+            similarity=sim,
+            match=distance <= threshold,
         )

@@ -270,8 +270,10 @@ def test_approximate_search_finds_what_exact_search_finds() -> None:
     assert [(f[0].identity, f[0].face_id) for f in found] == [
         (w[0].identity, w[0].face_id) for w in wanted
     ]
-    # re-ranked against the float32 rows: equal up to the summation order of the products
-    assert [f[0].similarity for f in found] == pytest.approx([w[0].similarity for w in wanted])
+    # float16 rows: similarities within their rounding
+    assert [f[0].similarity for f in found] == pytest.approx(
+        [w[0].similarity for w in wanted], abs=2e-3
+    )
 
 
 def test_a_large_gallery_is_served_approximately_above_the_setting(gallery: Gallery) -> None:
