@@ -20,8 +20,9 @@ from functools import cached_property
 
 import numpy as np
 
-from facerank.errors import StoreUnavailableError
-from facerank.gallery import Gallery, Segment
+from facerank.errors import ObjectNotFoundError, StoreUnavailableError
+from facerank.gallery import Gallery, Manifest, Segment
+from facerank.gallery.index import MERGE_AT, SEGMENT_ROWS
 from inference.approximate import ApproximateSegment
 from inference.search import Match, Ranked, Searchable, search_all
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 READ_ATTEMPTS = 5
 """Manifest reads per refresh while writers keep replacing the segments it lists."""
+TAIL_ROWS = SEGMENT_ROWS // MERGE_AT
+"""Segments smaller than this (those compaction still merges) are served as one tail."""
 APPROXIMATE_MIN_ROWS = 16_384
 """Smaller segments are searched exactly even in an approximate gallery: scanning them costs
 less than probing an index, and most are fresh enrollments not yet compacted."""
@@ -62,6 +65,12 @@ class GalleryRefresher:
     Each :meth:`refresh` is one poll (the first loads everything); whoever polls decides when
     (:class:`inference.follower.ServingFollower` does, on its timer). Galleries of more than
     ``approximate_above`` faces (0: never) search their large segments approximately.
+
+    Segments below :data:`TAIL_ROWS` (fresh enrollments not compacted yet, and every segment of
+    a small gallery) are served folded into one in-memory tail: searching a dozen tiny
+    matrices costs more in per-call overhead than one scan of them all. A change rebuilds the
+    tail (at most a few tens of thousands of rows by the index's compaction tiers), never the
+    large segments.
     """
 
     def __init__(self, gallery: Gallery, model_version: str, *, approximate_above: int = 0) -> None:
@@ -69,7 +78,10 @@ class GalleryRefresher:
         self.model_version = model_version
         self.approximate_above = approximate_above
         self._etag: str | None = None
-        self._segments: dict[str, Searchable | Ranked] = {}
+        self._large: dict[str, Searchable | Ranked] = {}
+        self._small: dict[str, np.ndarray] = {}
+        """Face ids of each small segment folded into ``_tail``, to take them out again."""
+        self._tail: Segment | None = None
         self._approximate = False
         self._polled = False
 
@@ -82,21 +94,46 @@ class GalleryRefresher:
             return None
         for _ in range(READ_ATTEMPTS):
             manifest, etag = self.index.read()
-            approximate = 0 < self.approximate_above < manifest.rows
-            if approximate != self._approximate:
-                self._segments, self._approximate = {}, approximate  # serve every one anew
-            loaded = self.index.load_listed(manifest, etag, self._segments, self._serving_form)
-            if loaded is not None:
-                break
+            try:
+                changed = self._follow(manifest)
+            except ObjectNotFoundError:  # a writer replaced a listed segment: read again
+                self.index.check_moved(etag)
+                continue
+            break
         else:
             raise StoreUnavailableError(
                 f"index {self.model_version} kept changing while being read; next poll retries"
             )
-        changed = not self._polled or loaded.keys() != self._segments.keys()
-        self._etag, self._segments, self._polled = etag, loaded, True
+        changed, self._etag, self._polled = changed or not self._polled, etag, True
         if not changed:
             return None
-        return GallerySnapshot(self.model_version, tuple(loaded.values()))
+        tail = () if self._tail is None else (self._tail,)
+        return GallerySnapshot(self.model_version, (*self._large.values(), *tail))
+
+    def _follow(self, manifest: Manifest) -> bool:
+        """Load the segments ``manifest`` lists that are not held, drop those it no longer
+        lists; whether anything changed. Nothing is changed until every load succeeded."""
+        approximate = 0 < self.approximate_above < manifest.rows
+        if approximate != self._approximate:  # serve every segment anew
+            self._large, self._small, self._tail = {}, {}, None
+            self._approximate = approximate
+        listed = {ref.name for ref in manifest.segments}
+        held = self._large.keys() | self._small.keys()
+        loaded = {name: self.index.load(name) for name in listed - held}
+        gone_small = [name for name in self._small if name not in listed]
+        changed = bool(loaded or gone_small or self._large.keys() - listed)
+        self._large = {n: s for n, s in self._large.items() if n in listed}
+        self._large |= {n: self._serving_form(s) for n, s in loaded.items() if len(s) >= TAIL_ROWS}
+        fresh = {n: s for n, s in loaded.items() if len(s) < TAIL_ROWS}
+        tail = self._tail
+        gone_ids = [self._small.pop(name) for name in gone_small]
+        if tail is not None and gone_ids:
+            tail = tail.without(np.concatenate(gone_ids))
+        if fresh:
+            tail = Segment.merge([*(() if tail is None else (tail,)), *fresh.values()])
+        self._small |= {n: s.face_ids for n, s in fresh.items()}
+        self._tail = tail
+        return changed
 
     def _serving_form(self, segment: Segment) -> Searchable | Ranked:
         """Large segments of a large gallery approximately, everything else exactly."""

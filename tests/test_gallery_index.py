@@ -24,7 +24,7 @@ from functions.source.emitter import Emitter
 from functions.source.reconcile import Reconciler
 from inference.approximate import ApproximateSegment
 from inference.search import GalleryIndex, search, search_all
-from inference.snapshot import APPROXIMATE_MIN_ROWS, GalleryRefresher
+from inference.snapshot import APPROXIMATE_MIN_ROWS, TAIL_ROWS, GalleryRefresher
 from tests.plugins.sink import EventSink
 from tests.test_gallery import VERSION, enroll, make_record
 
@@ -177,12 +177,34 @@ def test_refresher_polls_in_one_call_and_loads_only_what_changed(store: ObjectSt
     assert second.faces == 4
     assert "late" in second.identities
     assert counting.calls == Counter({"stat": 1, "get": 3})  # manifest + one new segment
-    assert all(any(s is t for t in second.segments) for s in first.segments)
     gallery.remove_source("faces", "late/1.jpg")
     third = refresher.refresh()
     assert third is not None
     assert "late" not in third.identities
     assert third.faces == 3
+
+
+def test_a_change_keeps_large_segments_and_rebuilds_only_the_tail(gallery: Gallery) -> None:
+    index = gallery.index(VERSION)
+    big = TAIL_ROWS + 10
+    index.apply(segment([f"big-{i}" for i in range(big)]))
+    index.apply(segment(["small-0"], identity="small"))
+    refresher = GalleryRefresher(gallery, VERSION)
+    first = refresher.refresh()
+    assert first is not None
+    assert sorted(len(s) for s in first.segments) == [1, big]
+    index.apply(segment(["small-1"], identity="small"))
+    index.apply(removed=["small-0", "big-5"])  # rewrites the large segment too
+    second = refresher.refresh()
+    assert second is not None
+    assert sorted(len(s) for s in second.segments) == [1, big - 1]
+    index.apply(segment(["small-2"], identity="small"))
+    third = refresher.refresh()
+    assert third is not None
+    [large] = [s for s in second.segments if len(s) > 1]
+    assert any(s is large for s in third.segments)  # shared, not copied
+    assert third.faces == big + 1
+    assert third.search(large.vectors[:1], 1, 0.5)[0][0].similarity == pytest.approx(1.0, abs=1e-5)
 
 
 def test_a_crash_between_record_and_index_is_repaired(

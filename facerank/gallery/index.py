@@ -35,10 +35,9 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
 
 import numpy as np
 
@@ -47,7 +46,6 @@ from facerank.gallery.segments import IDS, VECTORS, Segment
 from facerank.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 INDEX = "index/"
 MANIFEST = "manifest.json"
@@ -150,26 +148,6 @@ class EmbeddingIndex:
         vectors = self.store.get(self.bucket, self._segment_key(name, VECTORS)).data
         return Segment.from_bytes(ids, vectors)
 
-    def load_listed(
-        self,
-        manifest: Manifest,
-        etag: str | None,
-        held: Mapping[str, T],
-        prepare: Callable[[Segment], T],
-    ) -> dict[str, T] | None:
-        """``prepare(segment)`` of every segment ``manifest`` lists, reusing ``held`` (segments
-        never change) and loading only the others: the work of a reader following the index.
-        None when a segment vanished under it (a writer replaced it): read the manifest again.
-        """
-        try:
-            return {
-                ref.name: held[ref.name] if ref.name in held else prepare(self.load(ref.name))
-                for ref in manifest.segments
-            }
-        except ObjectNotFoundError:
-            self._check_moved(etag)
-            return None
-
     def face_ids(self) -> set[str]:
         """Every indexed face (reads only the ``.ids`` objects not seen before)."""
         while True:
@@ -177,7 +155,7 @@ class EmbeddingIndex:
             try:
                 members = [self._member_ids(ref.name) for ref in manifest.segments]
             except ObjectNotFoundError:
-                self._check_moved(etag)
+                self.check_moved(etag)
                 continue
             return {bytes(f).decode() for ids in members for f in ids}
 
@@ -196,7 +174,7 @@ class EmbeddingIndex:
             try:
                 done = self._try(attempt, manifest, etag, added, gone)
             except ObjectNotFoundError:
-                self._check_moved(etag)
+                self.check_moved(etag)
                 continue
             if done:
                 break
@@ -220,7 +198,7 @@ class EmbeddingIndex:
             try:
                 merged = self._write(Segment.merge(self.load(r.name) for r in group))
             except ObjectNotFoundError:  # another writer merged or rewrote one of them
-                self._check_moved(etag)
+                self.check_moved(etag)
                 continue
             kept = tuple(r for r in manifest.segments if r not in group)
             if self._swap(Manifest((*kept, merged), manifest.dim), etag, [merged]) is not None:
@@ -286,7 +264,7 @@ class EmbeddingIndex:
         attempt.state = self._swap(Manifest((*kept, *added_refs), dim), etag, attempt.rewritten)
         return attempt.state is not None
 
-    def _check_moved(self, etag: str | None) -> None:
+    def check_moved(self, etag: str | None) -> None:
         """A listed segment was missing: fine if the manifest moved on (re-read it), an error
         if it still lists it (the index is damaged; ``facerank gallery reindex`` rebuilds)."""
         if self.manifest_etag() == etag:
