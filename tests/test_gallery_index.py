@@ -13,7 +13,7 @@ import pytest
 
 from facerank.cli.main import main as cli
 from facerank.embedding import LbpEmbedder
-from facerank.errors import PreconditionFailedError
+from facerank.errors import GalleryIndexDamagedError, PreconditionFailedError
 from facerank.gallery import EmbeddingIndex, Gallery, IndexChange, Segment
 from facerank.gallery.index import MERGE_AT, SEGMENT_ROWS, SegmentRef, plan_compaction
 from facerank.registry import ModelRef
@@ -353,3 +353,19 @@ def test_the_reconcile_sweep_repairs_index_drift(
     report = Reconciler(folder_store, gallery, emitter).run_once()
     assert report.index_repaired == 1
     assert gallery.index(VERSION).face_ids() == {kept.faces[0].face_id}
+
+
+def test_a_damaged_manifest_is_a_typed_error_that_a_rebuild_cures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gallery = Gallery(FolderStore(tmp_path / "buckets"), "gallery")
+    gallery.ensure()
+    record = enroll(gallery, "alice/1.jpg")
+    gallery.store.put("gallery", f"index/{VERSION}/manifest.json", b"\x00 torn by a power cut")
+    with pytest.raises(GalleryIndexDamagedError, match="reindex --rebuild"):
+        GalleryRefresher(gallery, VERSION).refresh()
+    assert cli(["--data-dir", str(tmp_path), "gallery", "reindex", "--rebuild"]) == 0
+    assert f"{VERSION}: 1 face(s) indexed, 1 added" in capsys.readouterr().out
+    snapshot = GalleryRefresher(Gallery(gallery.store, "gallery"), VERSION).refresh()
+    assert snapshot is not None
+    assert snapshot.identities == {record.identity}

@@ -41,7 +41,12 @@ from datetime import datetime
 
 import numpy as np
 
-from facerank.errors import BucketNotFoundError, ObjectNotFoundError, PreconditionFailedError
+from facerank.errors import (
+    BucketNotFoundError,
+    GalleryIndexDamagedError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+)
 from facerank.gallery.segments import IDS, VECTORS, Segment
 from facerank.storage import ObjectStore
 
@@ -140,7 +145,12 @@ class EmbeddingIndex:
             stored = self.store.get(self.bucket, self.prefix + MANIFEST)
         except (ObjectNotFoundError, BucketNotFoundError):
             return Manifest(), None
-        return Manifest.from_json(json.loads(stored.data)), stored.info.etag
+        try:
+            return Manifest.from_json(json.loads(stored.data)), stored.info.etag
+        except ValueError as exc:
+            raise GalleryIndexDamagedError(
+                f"index {self.model_version}: {exc}; run 'facerank gallery reindex --rebuild'"
+            ) from None
 
     def load(self, name: str) -> Segment:
         """One segment, vectors included: two GETs."""
@@ -268,9 +278,9 @@ class EmbeddingIndex:
         """A listed segment was missing: fine if the manifest moved on (re-read it), an error
         if it still lists it (the index is damaged; ``facerank gallery reindex`` rebuilds)."""
         if self.manifest_etag() == etag:
-            raise ObjectNotFoundError(
+            raise GalleryIndexDamagedError(
                 f"index {self.model_version} lists a segment that is gone: run "
-                "'facerank gallery reindex' to rebuild it"
+                "'facerank gallery reindex --rebuild'"
             )
 
     def _not_indexed(self, manifest: Manifest, added: Segment | None) -> Segment | None:
