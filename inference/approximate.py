@@ -33,12 +33,11 @@ FAISS's OpenMP team per call only contends with them."""
 
 @dataclass(frozen=True)
 class ApproximateSegment:
-    """A segment's identities and face ids, its rows as float16 codes in FAISS."""
+    """A segment's rows as float16 codes in FAISS, beside the rest of the segment."""
 
     rows: faiss.IndexScalarQuantizer
-    codes: np.ndarray
-    names: tuple[str, ...]
-    face_ids: np.ndarray
+    members: Segment
+    """The segment without its float32 rows (zero columns): identities and face ids."""
 
     @classmethod
     def build(cls, segment: Segment) -> ApproximateSegment:
@@ -46,10 +45,15 @@ class ApproximateSegment:
             segment.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
         )
         rows.add(np.ascontiguousarray(segment.vectors, dtype=np.float32))
-        return cls(rows, segment.codes, segment.names, segment.face_ids)
+        no_rows = np.zeros((len(segment), 0), np.float32)
+        return cls(rows, Segment(no_rows, segment.codes, segment.names, segment.face_ids))
 
     def __len__(self) -> int:
-        return len(self.face_ids)
+        return len(self.members)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.members.names
 
     def rank(self, queries: np.ndarray, k: int, threshold: float) -> list[list[Match]]:
         """The ``k`` best identities per query among its best ``k * CANDIDATES_PER_K`` faces,
@@ -61,7 +65,7 @@ class ApproximateSegment:
             best: dict[int, tuple[float, int]] = {}
             for sim, row in zip(row_sims, row_ids, strict=True):
                 if row >= 0:
-                    best.setdefault(int(self.codes[row]), (min(1.0, max(-1.0, sim)), row))
+                    best.setdefault(int(self.members.codes[row]), (min(1.0, max(-1.0, sim)), row))
             order = sorted(best.items(), key=lambda item: (-item[1][0], self.names[item[0]]))
             ranked.append([self._match(c, sim, row, threshold) for c, (sim, row) in order[:k]])
         return ranked
@@ -70,7 +74,7 @@ class ApproximateSegment:
         distance = float(np.sqrt(max(0.0, 2.0 - 2.0 * sim)))
         return Match(
             identity=self.names[code],
-            face_id=bytes(self.face_ids[row]).decode(),
+            face_id=self.members.face_id(row),
             distance=distance,
             similarity=sim,
             match=distance <= threshold,
