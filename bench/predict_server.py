@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from kserve import ModelServer
 
-import inference.model
+import inference.snapshot
 from facerank.embedding import LbpEmbedder, l2_normalize
 from facerank.faces.align import ChipSpec
 from facerank.pipeline import FacePipeline
@@ -144,14 +144,14 @@ def brute_force_search(
 def serve(faces: int, searcher: str, port: int) -> None:
     """Build the gallery and serve it with ``searcher`` until terminated."""
     if searcher == "brute":
-        # ``FacerankModel._rank`` looks ``search`` up in its module on every request:
+        # ``GallerySnapshot.search`` looks ``search_all`` up in its module on every request:
         # rebinding that name swaps the search step and nothing else.
-        inference.model.search = brute_force_search
+        inference.snapshot.search_all = lambda indexes, *args: brute_force_search(indexes[0], *args)
     with tempfile.TemporaryDirectory(prefix="facerank-bench-") as empty:
         settings = Settings(data_dir=Path(empty))
         model = FacerankModel(settings, FolderStore(settings.buckets_dir))
         pipeline = FacePipeline.from_settings(settings, ProjectedLbp())
-        snapshot = GallerySnapshot(MODEL_VERSION, synthetic_index(faces))
+        snapshot = GallerySnapshot(MODEL_VERSION, (synthetic_index(faces),))
         model.serving = ServingPair(pipeline, snapshot)
         model.ready = True
         ModelServer(http_port=port, workers=1, enable_grpc=False).start([model])

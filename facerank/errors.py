@@ -144,6 +144,15 @@ class StoreUnavailableError(StoreError):
     retryable = True
 
 
+class GalleryIndexDamagedError(FacerankError):
+    """A gallery index's manifest is unreadable or lists a segment that is gone.
+
+    The records are intact; ``facerank gallery reindex --rebuild`` builds the index anew.
+    """
+
+    code = "gallery_index_damaged"
+
+
 # --- models ------------------------------------------------------------------------------
 
 

@@ -94,6 +94,15 @@ class Settings:
     gallery_refresh_s: float = 2.0
     """Seconds between the predictor's polls of the gallery for enrolled and removed faces."""
 
+    reindex_workers: int = 1
+    """Processes that re-embed the gallery on a model switch, each loading the model and
+    taking a shard of the records (measured rates: ``bench/bench_gallery_scale.py``)."""
+
+    search_approximate_above: int = 2_000_000
+    """Galleries with more faces than this hold their large index segments as float16 in FAISS
+    (half the memory; recall@10 against the exact search in ``bench/bench_gallery_scale.py``);
+    0 keeps every search exact."""
+
     broker_port: int = 8090
     """Local broker ingress (embedded mode; in a cluster the Knative Broker replaces it)."""
 
@@ -250,6 +259,8 @@ class Settings:
             raise ConfigError("FACERANK_MATCH_THRESHOLD must be in (0, 2]: unit-vector distances")
         if self.gallery_refresh_s <= 0:
             raise ConfigError("FACERANK_GALLERY_REFRESH_S must be positive")
+        if self.search_approximate_above < 0:
+            raise ConfigError("FACERANK_SEARCH_APPROXIMATE_ABOVE must not be negative")
         if self.min_face_confidence is not None and not 0.0 <= self.min_face_confidence < 1.0:
             raise ConfigError("FACERANK_MIN_FACE_CONFIDENCE must be in [0, 1)")
         ports = ("predictor_port", "broker_port", "source_port", "enroll_port", "web_port")
@@ -259,6 +270,7 @@ class Settings:
         if self.training_backend not in ("local", "kubernetes"):
             raise ConfigError("FACERANK_TRAINING_BACKEND must be 'local' or 'kubernetes'")
         for name in (
+            "reindex_workers",
             "retrain_workers",
             "retrain_epochs",
             "retrain_steps_per_epoch",

@@ -18,6 +18,7 @@ from facerank.settings import Settings
 from facerank.storage import open_store
 from inference import access_log
 from inference.model import MODEL_NAME, FacerankModel
+from inference.search import one_blas_thread
 
 log = logging.getLogger("inference")
 
@@ -42,6 +43,7 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s predictor %(levelname)s %(message)s"
     )
+    one_blas_thread()
     model = FacerankModel(
         settings,
         open_store(settings),

@@ -59,12 +59,14 @@ class ServingFollower:
         publish: Callable[[ServingPair], None],
         *,
         interval: float,
+        approximate_above: int = 0,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"refresh interval must be positive, got {interval}")
         self.gallery = gallery
         self.models = models
         self.interval = interval
+        self.approximate_above = approximate_above
         self._make_pipeline = make_pipeline
         self._publish = publish
         self._pipeline: FacePipeline | None = None
@@ -104,14 +106,16 @@ class ServingFollower:
         if previous is not None:
             log.info("switching to %s: loading it and its gallery aside", ref.version)
         pipeline = self._make_pipeline(self.models.embedder(ref))
-        refresher = GalleryRefresher(self.gallery, ref.version)
+        refresher = GalleryRefresher(
+            self.gallery, ref.version, approximate_above=self.approximate_above
+        )
         snapshot = refresher.refresh()
         assert snapshot is not None  # noqa: S101 - a first poll always builds one
         self._pipeline, self._refresher = pipeline, refresher
         self._publish(ServingPair(pipeline, snapshot))
         if previous is not None:
             log.info(
-                "now serving %s with %d face(s), was %s", ref.version, len(snapshot.index), previous
+                "now serving %s with %d face(s), was %s", ref.version, snapshot.faces, previous
             )
 
     def _run(self) -> None:

@@ -47,7 +47,7 @@ from facerank.settings import Settings
 from facerank.storage import ObjectStore
 from inference.access_log import note_rejection
 from inference.follower import ServingFollower, ServingPair
-from inference.search import Match, search
+from inference.search import Match
 
 MODEL_NAME = "facerank"
 DEFAULT_TOP_K = 3
@@ -112,6 +112,7 @@ class FacerankModel(Model):
             lambda embedder: FacePipeline.from_settings(settings, embedder),
             self._serve,
             interval=refresh_s,
+            approximate_above=settings.search_approximate_above,
         )
 
     # --- lifecycle (KServe calls load, then start on registration, stop on shutdown) --------
@@ -135,8 +136,8 @@ class FacerankModel(Model):
         if previous is not None and previous.model_version != pair.model_version:
             MODEL_INFO.remove(previous.model_version)
         MODEL_INFO.labels(pair.model_version).set(1)
-        GALLERY_FACES.set(len(pair.snapshot.index))
-        GALLERY_IDENTITIES.set(len(pair.snapshot.index.names))
+        GALLERY_FACES.set(pair.snapshot.faces)
+        GALLERY_IDENTITIES.set(len(pair.snapshot.identities))
 
     # --- inference --------------------------------------------------------------------------
 
@@ -182,7 +183,7 @@ class FacerankModel(Model):
         faces = [face for image_faces in per_image for face in image_faces]
         k = max(query.top_k for query in queries)
         threshold = self.threshold or pair.pipeline.embedder.match_threshold
-        matches = iter(search(pair.snapshot.index, pair.pipeline.embed(faces), k, threshold))
+        matches = iter(pair.snapshot.search(pair.pipeline.embed(faces), k, threshold))
         return [
             [
                 FaceRanking(

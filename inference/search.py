@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+from facerank.gallery import Segment
 
 _SIM_BITS_OF_ONE = int(np.array(1.0, dtype=np.float32).view(np.int32))
 """Bit pattern of float32 1.0: the largest magnitude a clipped cosine can have."""
@@ -30,6 +34,32 @@ class Match:
     distance: float
     similarity: float
     match: bool
+
+
+class Searchable(Protocol):
+    """What :func:`search` needs: unit rows grouped by identity, in name order.
+
+    :class:`GalleryIndex` (built in memory) and :class:`facerank.gallery.Segment` (loaded
+    from the gallery index) both are.
+    """
+
+    @property
+    def vectors(self) -> np.ndarray: ...
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    @property
+    def starts(self) -> np.ndarray: ...
+    def face_id(self, row: int) -> str: ...
+    def __len__(self) -> int: ...
+
+
+class Ranked(Protocol):
+    """An index searched by its own means (approximately), for :func:`search_all`."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    def rank(self, queries: np.ndarray, k: int, threshold: float) -> list[list[Match]]: ...
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -52,33 +82,39 @@ class GalleryIndex:
     def build(
         cls, face_ids: Sequence[str], identities: Sequence[str], vectors: np.ndarray
     ) -> GalleryIndex:
-        if not len(face_ids) == len(identities) == len(vectors):
-            raise ValueError("face_ids, identities and vectors must describe the same faces")
-        order = sorted(range(len(face_ids)), key=lambda i: (identities[i], face_ids[i]))
-        ids = tuple(identities[i] for i in order)
-        rows = np.asarray(vectors, dtype=np.float32)[order] if order else _no_rows(vectors)
-        rows = np.ascontiguousarray(rows)
-        rows.setflags(write=False)
-        names, starts = np.unique(np.asarray(ids, dtype=object), return_index=True)
+        """Laid out as a gallery segment is (:meth:`facerank.gallery.Segment.build`), with
+        the ids as Python strings for callers that index them."""
+        segment = Segment.build(face_ids, identities, vectors)
+        rows = range(len(segment))
         return cls(
-            face_ids=tuple(face_ids[i] for i in order),
-            identities=ids,
-            vectors=rows,
-            names=tuple(str(n) for n in names),
-            starts=starts.astype(np.intp),
+            face_ids=tuple(segment.face_id(r) for r in rows),
+            identities=tuple(segment.identity(r) for r in rows),
+            vectors=np.ascontiguousarray(segment.vectors),
+            names=segment.names,
+            starts=segment.starts,
         )
 
     def __len__(self) -> int:
         return len(self.face_ids)
 
+    def face_id(self, row: int) -> str:
+        return self.face_ids[row]
 
-def _no_rows(vectors: np.ndarray) -> np.ndarray:
-    dim = vectors.shape[1] if np.ndim(vectors) == 2 else 0
-    return np.zeros((0, dim), dtype=np.float32)
+
+def one_blas_thread() -> None:
+    """Make every BLAS call of this process single-threaded; the predictor calls it at start.
+
+    Why: a one-face query is a matrix-vector product, and the predictor runs concurrent
+    requests on their own threads. OpenBLAS's own thread team per call then only contends:
+    measured on two cores, a 65,536 x 128 product took 29 ms alone and 3.4 s at 16 concurrent
+    callers with OpenBLAS's threads, 2.1 ms and 30 ms with one (``bench_gallery_scale.py``
+    applies this before timing either side).
+    """
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def search(
-    index: GalleryIndex,
+    index: Searchable,
     queries: np.ndarray,
     k: int,
     threshold: float,
@@ -114,7 +150,7 @@ def search(
         [
             Match(
                 identity=index.names[c],
-                face_id=index.face_ids[f],
+                face_id=index.face_id(f),
                 distance=float(d),
                 similarity=float(s),
                 match=bool(d <= threshold),
@@ -127,11 +163,47 @@ def search(
     ]
 
 
+def search_all(
+    indexes: Sequence[Searchable | Ranked], queries: np.ndarray, k: int, threshold: float
+) -> list[list[Match]]:
+    """:func:`search` over several indexes (the segments of one gallery) as if they were one.
+
+    Exact: an identity among the overall ``k`` best is among the ``k`` best of the index
+    holding its best face, so merging each index's top ``k`` by identity loses nothing. Ties
+    break as :func:`search` breaks them: identity name, then the smaller face id.
+    """
+    parts = [_rank(index, queries, k, threshold) for index in indexes if len(index)]
+    if len(parts) < 2:
+        return parts[0] if parts else [[] for _ in range(len(queries))]
+    merged = []
+    for candidates in zip(*parts, strict=True):
+        best: dict[str, Match] = {}
+        for match in (m for matches in candidates for m in matches):
+            held = best.get(match.identity)
+            if held is None or (-match.similarity, match.face_id) < (
+                -held.similarity,
+                held.face_id,
+            ):
+                best[match.identity] = match
+        ranked = sorted(best.values(), key=lambda m: (-m.similarity, m.identity))
+        merged.append(ranked[:k])
+    return merged
+
+
+def _rank(
+    index: Searchable | Ranked, queries: np.ndarray, k: int, threshold: float
+) -> list[list[Match]]:
+    """An index that ranks by other means (:class:`inference.approximate.ApproximateSegment`)
+    brings its own ``rank``; the others are searched exactly."""
+    rank = getattr(index, "rank", None)
+    return rank(queries, k, threshold) if rank is not None else search(index, queries, k, threshold)
+
+
 def _all(keys: np.ndarray) -> np.ndarray:
     return np.broadcast_to(np.arange(keys.shape[1]), keys.shape)
 
 
-def _best_face_per_identity(sims: np.ndarray, best: np.ndarray, index: GalleryIndex) -> np.ndarray:
+def _best_face_per_identity(sims: np.ndarray, best: np.ndarray, index: Searchable) -> np.ndarray:
     """``(queries, identities)`` row of the first face reaching its identity's best cosine."""
     counts = np.diff(np.append(index.starts, len(index)))
     reaches = sims == np.repeat(best, counts, axis=1)

@@ -1,4 +1,5 @@
-"""``facerank gallery ls|rm``: see who is enrolled, and remove a person completely."""
+"""``facerank gallery ls|rm|reindex``: see who is enrolled, remove a person completely, and
+rebuild the gallery index from the records."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rm.add_argument("identity")
     rm.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rm.set_defaults(handler=run_rm)
+    reindex = commands.add_parser(
+        "reindex",
+        help="bring every model version's index in line with the records",
+        description="Adds the faces records list but the index lacks, drops those no record "
+        "lists (what a crash between a record write and its index write leaves), then "
+        "merges small segments. With --rebuild the index is first dropped and built anew.",
+    )
+    reindex.add_argument("--rebuild", action="store_true", help="drop the index first")
+    reindex.add_argument("--json", action="store_true")
+    reindex.set_defaults(handler=run_reindex)
 
 
 def run_ls(args: argparse.Namespace, settings: Settings) -> int:
@@ -65,6 +76,34 @@ def run_rm(args: argparse.Namespace, settings: Settings) -> int:
     records = gallery.remove_identity(identity)
     faces = sum(len(r.faces) for r in records)
     print(f"removed {identity!r}: {len(photos)} photo(s), {faces} enrolled face(s)")
+    return 0
+
+
+def run_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    gallery = Gallery(open_store(settings), settings.gallery_bucket)
+    gallery.ensure()
+    if args.rebuild:
+        for version in gallery.index_versions():
+            gallery.index(version).clear()
+    changes = gallery.repair_indexes()
+    report = {
+        version: {
+            "added": c.added,
+            "removed": c.removed,
+            "faces": gallery.index(version).read()[0].rows,
+        }
+        for version, c in changes.items()
+    }
+    if args.json:
+        emit_json({"versions": report})
+        return 0
+    for version, entry in report.items():
+        print(
+            f"{version}: {entry['faces']} face(s) indexed, {entry['added']} added, "
+            f"{entry['removed']} removed"
+        )
+    if not report:
+        print("the gallery has no records and no index")
     return 0
 
 

@@ -38,6 +38,7 @@ from facerank.embedding.savedmodel import CARD_NAME, ModelCard
 from facerank.gallery import Gallery
 from facerank.registry import ModelRef, ModelRegistry, ServingModels, switch_model
 from facerank.registry.locate import model_folders
+from facerank.reindex import Workers
 from facerank.settings import Settings
 from facerank.storage import open_store
 
@@ -192,7 +193,13 @@ def run_activate(args: argparse.Namespace, settings: Settings) -> int:
             bar.update(done - bar.n)
 
         result = switch_model(
-            models.registry, gallery, ref, embedder, reason=args.reason, progress=report
+            models.registry,
+            gallery,
+            ref,
+            embedder,
+            reason=args.reason,
+            progress=report,
+            workers=Workers(settings, ref, settings.reindex_workers),
         )
     print(f"{args.version} is active: {result.records} record(s), {result.embedded} re-embedded")
     return 0

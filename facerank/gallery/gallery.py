@@ -5,6 +5,8 @@ Layout in the gallery bucket::
     identities/<identity>/<source_id>.json    one commit record per source photo
     faces/<face_id>/crop.png                   the aligned crop (GALLERY_CROP_256 layout)
     faces/<face_id>/<model_version>.f32        its embedding by that model, float32 LE
+    index/<model_version>/...                  every face of that version in a few large
+                                               objects, for readers (:mod:`.index`)
 
 Why this shape:
 
@@ -16,6 +18,10 @@ Why this shape:
   a crash mid-enrollment or mid-removal leaves the old state or the new one as far as any
   query can tell; unreferenced face objects are collected later.
 * Records live under their identity, so listing one identity is one prefix listing.
+* The index is derived from the records and embeddings and always changed after them (both
+  on enrollment and on removal). A crash in between leaves the records right and the index
+  behind; :meth:`Gallery.repair_index` (reconcile, ``facerank gallery reindex``) moves the
+  index to what the records say, never the other way round.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ import cv2
 import numpy as np
 
 from facerank.embedding.base import validate_model_version
-from facerank.errors import InvalidIdentityError, ObjectNotFoundError
+from facerank.errors import InvalidIdentityError, ObjectNotFoundError, PreconditionFailedError
 from facerank.faces.align import GALLERY_CROP_256
 from facerank.gallery.identity import identity_from_key, normalise_identity
+from facerank.gallery.index import INDEX, SEGMENT_ROWS, EmbeddingIndex, IndexChange
 from facerank.gallery.records import SourceRecord, source_id
+from facerank.gallery.segments import Segment
 from facerank.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,15 @@ class Gallery:
     def __init__(self, store: ObjectStore, bucket: str) -> None:
         self.store = store
         self.bucket = bucket
+        self._indexes: dict[str, EmbeddingIndex] = {}
+
+    def index(self, model_version: str) -> EmbeddingIndex:
+        """The index of ``model_version``'s embeddings (one object per version and gallery,
+        so its cache of segment members is shared by every caller)."""
+        validate_model_version(model_version)
+        return self._indexes.setdefault(
+            model_version, EmbeddingIndex(self.store, self.bucket, model_version)
+        )
 
     def ensure(self) -> None:
         self.store.ensure_bucket(self.bucket)
@@ -105,9 +122,15 @@ class Gallery:
         for version in embeddings:
             committed = committed.with_model_version(version)
         self._put_record(committed)
+        kept = {f.face_id for f in committed.faces}
+        replaced = [] if previous is None else [f.face_id for f in previous.faces]
+        replaced = [f for f in replaced if f not in kept]
+        for version, vectors in embeddings.items():
+            self.index(version).apply(_segment(committed, vectors), replaced)
         if previous is not None:
-            kept = {f.face_id for f in committed.faces}
-            self._delete_faces(f.face_id for f in previous.faces if f.face_id not in kept)
+            for version in set(previous.model_versions) - embeddings.keys():
+                self.index(version).apply(removed=replaced)
+            self._delete_faces(replaced)
         return committed
 
     def add_model_version(
@@ -119,6 +142,33 @@ class Gallery:
         re-embedding never reverts a concurrent re-enrollment or resurrects a removal: it
         raises PreconditionFailedError and the caller reads again. Idempotent.
         """
+        updated = self._commit_version(stored, model_version, vectors)
+        self.index(model_version).apply(_segment(updated, vectors))
+        return updated
+
+    def add_model_versions(
+        self, model_version: str, items: Sequence[tuple[StoredRecord, np.ndarray]]
+    ) -> int:
+        """:meth:`add_model_version` for many records, with one index change for them all
+        (re-embedding's batches). Records that changed or vanished since they were read are
+        skipped, for the caller's next pass; how many gained the version."""
+        committed: list[tuple[SourceRecord, np.ndarray]] = []
+        for stored, vectors in items:
+            try:
+                committed.append((self._commit_version(stored, model_version, vectors), vectors))
+            except (PreconditionFailedError, ObjectNotFoundError):
+                continue
+        faces = [(f.face_id, r.identity) for r, _ in committed for f in r.faces]
+        if faces:
+            vectors = np.concatenate([v for _, v in committed if len(v)])
+            segment = Segment.build([f for f, _ in faces], [i for _, i in faces], vectors)
+            self.index(model_version).apply(segment)
+        return len(committed)
+
+    def _commit_version(
+        self, stored: StoredRecord, model_version: str, vectors: np.ndarray
+    ) -> SourceRecord:
+        """Embeddings, then the record naming the version, written over ``stored.etag``."""
         validate_model_version(model_version)
         record = stored.record
         if record is None or len(vectors) != len(record.faces):
@@ -133,21 +183,65 @@ class Gallery:
         """Un-enroll everything one source photo contributed; the removed record, if any."""
         record = self.record(bucket, key)
         if record is not None:
-            self._remove(record)
+            self._remove([record])
         return record
 
     def remove_identity(self, identity: str) -> list[SourceRecord]:
         """Un-enroll every face of ``identity``; the removed records."""
         records = list(self.records(normalise_identity(identity)))
-        for record in records:
-            self._remove(record)
+        self._remove(records)
         return records
 
+    def repair_indexes(self, versions: Iterable[str] | None = None) -> dict[str, IndexChange]:
+        """Bring each version's index in line with the records (every version records or
+        indexes name, by default): add the faces records list but the index lacks (a crash
+        after a record write), drop the faces no record lists. From an empty index this is a
+        full rebuild, in batches of whole segments. Reads every record once."""
+        records = list(self.records())
+        if versions is None:
+            versions = {v for r in records for v in r.model_versions} | set(self.index_versions())
+        return {v: self._repair_index(v, records) for v in sorted(versions)}
+
+    def _repair_index(self, model_version: str, records: Sequence[SourceRecord]) -> IndexChange:
+        index = self.index(model_version)
+        wanted = {
+            f.face_id: r.identity
+            for r in records
+            if model_version in r.model_versions
+            for f in r.faces
+        }
+        present = index.face_ids()
+        extra = present - wanted.keys()
+        missing = sorted(wanted.keys() - present)
+        removed = index.apply(removed=extra).removed if extra else 0
+        added = 0
+        for start in range(0, len(missing), SEGMENT_ROWS):
+            batch = missing[start : start + SEGMENT_ROWS]
+            try:
+                vectors = np.stack([self.embedding(f, model_version) for f in batch])
+            except ObjectNotFoundError:
+                continue  # a removal ran meanwhile; the next repair sees the records anew
+            segment = Segment.build(batch, [wanted[f] for f in batch], vectors)
+            added += index.apply(segment).added
+        if added or removed:
+            log.info(
+                "index %s repaired: %d face(s) added, %d removed", model_version, added, removed
+            )
+        return IndexChange(added, removed)
+
+    def index_versions(self) -> list[str]:
+        """Model versions that have an index in this gallery."""
+        versions = {
+            info.key[len(INDEX) :].split("/", 1)[0] for info in self.store.list(self.bucket, INDEX)
+        }
+        return sorted(versions)
+
     def collect_orphans(self, *, now: datetime | None = None) -> int:
-        """Delete face objects no record lists (left by crashes), older than the grace period."""
+        """Delete face objects no record lists and index segments no manifest lists (left by
+        crashes), older than the grace period."""
         referenced = {f.face_id for r in self.records() for f in r.faces}
         cutoff = (now or datetime.now(UTC)) - ORPHAN_GRACE
-        removed = 0
+        removed = sum(self.index(v).collect_orphans(cutoff) for v in self.index_versions())
         for info in self.store.list(self.bucket, FACES):
             face = info.key[len(FACES) :].split("/", 1)[0]
             if face not in referenced and info.last_modified < cutoff:
@@ -241,9 +335,14 @@ class Gallery:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _remove(self, record: SourceRecord) -> None:
-        self.store.delete(self.bucket, record_key(record.identity, record.source_id))
-        self._delete_faces(f.face_id for f in record.faces)
+    def _remove(self, records: Sequence[SourceRecord]) -> None:
+        """Records first, then the index (so a crash leaves the index to repair), then faces."""
+        for record in records:
+            self.store.delete(self.bucket, record_key(record.identity, record.source_id))
+        for version in {v for r in records for v in r.model_versions}:
+            faces = [f.face_id for r in records if version in r.model_versions for f in r.faces]
+            self.index(version).apply(removed=faces)
+        self._delete_faces(f.face_id for r in records for f in r.faces)
 
     def _delete_faces(self, faces: Iterable[str]) -> None:
         for face in faces:
@@ -267,6 +366,7 @@ class Gallery:
             _embedding_key(face, model_version),
             data,
             metadata={"model-version": model_version, "dim": str(len(vector))},
+            durable=False,  # re-created from the crop by re-embedding
         )
 
     def _put_record(self, record: SourceRecord, *, if_match: str | None = None) -> None:
@@ -282,6 +382,12 @@ class Gallery:
     def _read_record(self, key: str) -> SourceRecord | None:
         stored = self.read_record(key)
         return None if stored is None else stored.record
+
+
+def _segment(record: SourceRecord, vectors: np.ndarray) -> Segment:
+    """The index rows of one record's faces."""
+    ids = [f.face_id for f in record.faces]
+    return Segment.build(ids, [record.identity] * len(ids), vectors)
 
 
 def record_key(identity: str, source: str) -> str:

@@ -17,7 +17,7 @@ from facerank.embedding import Embedder
 from facerank.gallery import Gallery
 from facerank.registry.pointer import ModelRef
 from facerank.registry.registry import ModelRegistry
-from facerank.reindex import Progress, ReindexResult, reindex
+from facerank.reindex import Progress, ReindexResult, Workers, reindex
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,15 @@ def switch_model(
     *,
     reason: str,
     progress: Progress | None = None,
+    workers: Workers | None = None,
 ) -> ReindexResult:
-    """Make ``ref`` (loaded as ``embedder``) the active model once the gallery holds it."""
+    """Make ``ref`` (loaded as ``embedder``) the active model once the gallery holds it;
+    ``workers`` re-embed in parallel processes."""
     if embedder.model_version != ref.version:
         raise ValueError(f"embedder {embedder.model_version} is not {ref.version}")
     registry.begin_switch(ref)
     log.info("switching to %s (%s): re-embedding the gallery", ref.version, reason)
-    result = reindex(gallery, embedder, progress=progress)
+    result = reindex(gallery, embedder, progress=progress, workers=workers)
     registry.complete_switch(ref.version, reason)
     log.info(
         "%s is active: %d record(s), %d re-embedded", ref.version, result.records, result.embedded

@@ -65,8 +65,13 @@ class ObjectStore(Protocol):
         metadata: Mapping[str, str] | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> ObjectInfo:
         """Store ``data`` under ``key``, replacing any previous object as a whole.
+
+        ``durable=False`` is for data the caller can re-create (derived embeddings, index
+        segments): a backend may then skip flushing it to stable storage, so a power cut may
+        lose it whole, never tear it. S3 backends are always durable.
 
         Conditional writes, as S3's ``If-Match`` / ``If-None-Match: *``, are how read-modify-
         write cycles avoid lost updates: ``if_match`` puts only while the object's ETag is
@@ -93,8 +98,13 @@ class ObjectStore(Protocol):
         """
         ...
 
-    def delete(self, bucket: str, key: str) -> None:
-        """Remove one object; removing an absent key is not an error."""
+    def delete(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
+        """Remove one object; removing an absent key is not an error.
+
+        With ``if_match``, as S3's conditional DeleteObject, only while the object's ETag is
+        still that one (else PreconditionFailedError, an absent object included): how a
+        read-modify-write cycle whose result is "nothing" avoids deleting a newer write.
+        """
         ...
 
     def exists(self, bucket: str, key: str) -> bool:

@@ -155,6 +155,7 @@ class FolderStore:
         metadata: Mapping[str, str] | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> ObjectInfo:
         clean_metadata = check_put(bucket, key, content_type, metadata)
         etag = _md5(data)
@@ -165,7 +166,7 @@ class FolderStore:
         with _os_errors(bucket, key), self._lock(bucket, key, exclusive=True):
             if if_match is not None or if_none_match:
                 self._check_precondition(bucket, key, if_match, if_none_match)
-            st = self._write_object(bucket, key, data, describe)
+            st = self._write_object(bucket, key, data, describe, durable=durable)
         return _info(bucket, key, st, describe(st))
 
     def get(self, bucket: str, key: str) -> StoredObject:
@@ -195,11 +196,13 @@ class FolderStore:
         check_prefix(prefix)
         return self._list(bucket, prefix)
 
-    def delete(self, bucket: str, key: str) -> None:
+    def delete(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
         check_bucket(bucket)
         check_key(key)
         *folders, name = key.split("/")
         with _os_errors(bucket, key), self._lock(bucket, key, exclusive=True):
+            if if_match is not None:
+                self._check_precondition(bucket, key, if_match, if_none_match=False)
             with _ignore_absent(), self._folders(bucket, folders, create=False) as chain:
                 if stat.S_ISREG(os.stat(name, dir_fd=chain[-1], follow_symlinks=False).st_mode):
                     os.unlink(name, dir_fd=chain[-1])
@@ -214,21 +217,26 @@ class FolderStore:
         key: str,
         data: bytes,
         describe: Callable[[os.stat_result], _Sidecar],
+        *,
+        durable: bool = True,
     ) -> os.stat_result:
-        """Atomically install ``data`` at ``key``, writing its sidecar just before the rename.
+        """Atomically install ``data`` at ``key``, writing its sidecar just before the rename
+        (both fsynced when ``durable``).
 
         Retries when a concurrent ``delete`` prunes a folder between our creating and using it.
         """
         *folders, name = key.split("/")
 
         def write_sidecar(st: os.stat_result) -> None:
-            self._write_sidecar(bucket, key, describe(st))
+            self._write_sidecar(bucket, key, describe(st), durable=durable)
 
         attempt = 1
         while True:
             try:
                 with self._folders(bucket, folders, create=True) as chain:
-                    return _write_atomically(chain[-1], name, data, before_commit=write_sidecar)
+                    return _write_atomically(
+                        chain[-1], name, data, before_commit=write_sidecar, durable=durable
+                    )
             except FileNotFoundError:
                 if attempt == _RACE_RETRIES:
                     raise
@@ -254,12 +262,14 @@ class FolderStore:
                 f"{shown(key)} in bucket {shown(bucket)} changed since it was read"
             )
 
-    def _write_sidecar(self, bucket: str, key: str, sidecar: _Sidecar) -> None:
+    def _write_sidecar(
+        self, bucket: str, key: str, sidecar: _Sidecar, *, durable: bool = True
+    ) -> None:
         path = self._sidecar_path(bucket, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         folder = os.open(path.parent, _DIR_FLAGS)
         try:
-            _write_atomically(folder, path.name, sidecar.to_json(key))
+            _write_atomically(folder, path.name, sidecar.to_json(key), durable=durable)
         finally:
             os.close(folder)
 
@@ -478,8 +488,11 @@ def _write_atomically(
     name: str,
     data: bytes,
     before_commit: Callable[[os.stat_result], None] | None = None,
+    *,
+    durable: bool = True,
 ) -> os.stat_result:
-    """Write ``data`` to a fsynced temp file in ``dir_fd`` and rename it over ``name``.
+    """Write ``data`` to a temp file in ``dir_fd`` and rename it over ``name``; fsync the file
+    and the folder when ``durable`` (a rename alone is atomic, but a power cut may lose it).
 
     ``before_commit`` sees the temp file's final stat before the rename; if it or anything else
     fails, the temp file is removed and ``name`` is untouched. Returns that stat, which the
@@ -491,7 +504,8 @@ def _write_atomically(
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             st = os.fstat(fd)
         if before_commit is not None:
             before_commit(st)
@@ -500,7 +514,8 @@ def _write_atomically(
         with suppress(OSError):
             os.unlink(temp, dir_fd=dir_fd)
         raise
-    os.fsync(dir_fd)  # make the rename itself survive a power cut
+    if durable:
+        os.fsync(dir_fd)  # make the rename itself survive a power cut
     return st
 
 

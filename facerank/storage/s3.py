@@ -94,6 +94,7 @@ class S3Store:
         metadata: Mapping[str, str] | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
+        durable: bool = True,  # every S3 write is durable: nothing to skip
     ) -> ObjectInfo:
         clean_metadata = check_put(bucket, key, content_type, metadata)
         if len(data) > MAX_PART_SIZE:
@@ -159,11 +160,16 @@ class S3Store:
         check_prefix(prefix)
         return self._list(bucket, prefix)
 
-    def delete(self, bucket: str, key: str) -> None:
+    def delete(self, bucket: str, key: str, *, if_match: str | None = None) -> None:
         check_bucket(bucket)
         check_key(key)
-        with self._errors(bucket, key):
-            self._client.remove_object(bucket, key)
+        if if_match is None:
+            with self._errors(bucket, key):
+                self._client.remove_object(bucket, key)
+            return
+        with _absent_is_changed(conditional=True), self._errors(bucket, key):
+            # minio's remove_object sends no conditions: one DeleteObject with If-Match.
+            self._client._execute("DELETE", bucket, key, headers={"If-Match": f'"{if_match}"'})
 
     def _list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]:
         """List lazily, page by page, skipping keys that break our rules.

@@ -40,6 +40,7 @@ from facerank.events import (
 from facerank.gallery import Gallery
 from facerank.registry import ModelRef, ModelRegistry, ServingModels, switch_model
 from facerank.registry.locate import model_folders
+from facerank.reindex import Workers
 from facerank.settings import Settings
 from functions.retrain.gate import decide
 from functions.retrain.request import RetrainRequest
@@ -236,6 +237,7 @@ class RunOrchestrator:
             ref,
             self.models.embedder(ref),
             reason=f"run {run_id}: {reason}",
+            workers=Workers(self.settings, ref, self.settings.reindex_workers),
         )
         self.emit(
             run_event(

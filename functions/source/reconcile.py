@@ -26,8 +26,9 @@ from functions.source.verdicts import RejectedVersions
 log = logging.getLogger(__name__)
 
 ORPHAN_SWEEP_S = 3600.0
-"""At most this often a pass also collects face objects no record lists (left by crashes): it
-reads every record, and orphans only cost space, so once an hour is plenty."""
+"""At most this often a pass also repairs drift between the records and the gallery index and
+collects objects no record lists (both left by crashes): it reads every record, and both are
+rare, so once an hour is plenty."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,17 @@ class ReconcileReport:
     """Photos not sent again: enroll already rejected this version of them."""
     orphans_collected: int = 0
     """Gallery objects no record lists, deleted by this pass's hourly sweep."""
+    index_repaired: int = 0
+    """Faces the hourly sweep added to or dropped from the gallery index to match the records
+    (drift left by a crash between a record write and its index write)."""
     errors: int = 0
 
     def summary(self) -> str:
         return (
             f"{self.objects} photos, {self.enrolled} enrolled: emitted {self.created} created, "
             f"{self.deleted} deleted; {self.skipped} skipped, {self.known_rejected} known "
-            f"rejected, {self.errors} errors, {self.orphans_collected} orphans collected"
+            f"rejected, {self.errors} errors, {self.orphans_collected} orphans collected, "
+            f"{self.index_repaired} index rows repaired"
         )
 
 
@@ -83,24 +88,29 @@ class Reconciler:
         fresh = [o for o in objects if (o.key, o.etag) not in self.rejected]
         changes = plan(fresh, enrolled, self.emitter.bucket, present=objects)
         report = self._emit(changes, len(objects), enrolled)
+        repaired, orphans = self._sweep()
         report = dataclasses.replace(
             report,
             known_rejected=len(objects) - len(fresh),
-            orphans_collected=self._sweep_orphans(),
+            orphans_collected=orphans,
+            index_repaired=repaired,
         )
         log.info("reconcile pass: %s (%.2f s)", report.summary(), time.monotonic() - started)
         return report
 
-    def _sweep_orphans(self) -> int:
-        """Collect crash leftovers when the hourly sweep is due; failures wait for the next."""
+    def _sweep(self) -> tuple[int, int]:
+        """When the hourly sweep is due: repair index drift, then collect crash leftovers
+        (rows repaired, objects collected); failures wait for the next sweep."""
         if time.monotonic() < self._next_sweep:
-            return 0
+            return 0, 0
         self._next_sweep = time.monotonic() + ORPHAN_SWEEP_S
         try:
-            return self.gallery.collect_orphans()
+            changes = self.gallery.repair_indexes().values()
+            repaired = sum(c.added + c.removed for c in changes)
+            return repaired, self.gallery.collect_orphans()
         except FacerankError as exc:
-            log.warning("orphan sweep skipped: %s", exc)
-            return 0
+            log.warning("gallery sweep skipped: %s", exc)
+            return 0, 0
 
     def _emit(
         self, changes: list[Change], objects: int, enrolled: Mapping[str, str]
