@@ -318,7 +318,12 @@ def test_minio_announces_object_changes_to_the_source() -> None:
     setup_env = env_of(setup["spec"]["template"]["spec"]["containers"][0], documents)
     assert setup_env["WEBHOOK_ARN"] == "arn:minio:sqs::FACERANK:webhook"
     defaults = Settings()
-    wanted = {defaults.faces_bucket, defaults.gallery_bucket, defaults.models_bucket}
+    wanted = {
+        defaults.faces_bucket,
+        defaults.queries_bucket,
+        defaults.gallery_bucket,
+        defaults.models_bucket,
+    }
     assert set(setup_env["BUCKETS"].split()) == wanted | {DEAD_LETTER_BUCKET}
 
 

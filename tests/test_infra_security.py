@@ -228,6 +228,7 @@ def test_secrets_come_only_from_generators(overlay: str) -> None:
         "minio-credentials",
         "facerank-webhook-token",
         "facerank-api-token",
+        "facerank-notify-webhook",
     }
 
 
@@ -268,7 +269,7 @@ needs_git = pytest.mark.skipif(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secret_files_are_never_committed(overlay: str) -> None:
     secrets = f"infra/overlays/{overlay}/secrets"
-    for name in ("minio.env", "webhook-token.env", "api-token.env"):
+    for name in ("minio.env", "webhook-token.env", "api-token.env", "notify-webhook.env"):
         assert git("check-ignore", "--quiet", f"{secrets}/{name}").returncode == 0, name
     tracked = git("ls-files", secrets).stdout.split()
     assert all(p.endswith((".example", ".sh")) for p in tracked), tracked

@@ -20,3 +20,5 @@ create minio.env "MINIO_ROOT_USER=facerank-$(random | cut -c1-8)
 MINIO_ROOT_PASSWORD=$(random)"
 create webhook-token.env "token=$(random)"
 create api-token.env "token=$(random)"
+# Not random: the chat tool's incoming-webhook URL, which you paste in (empty: notifications off).
+create notify-webhook.env "url="

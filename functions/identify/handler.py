@@ -1,0 +1,167 @@
+"""Identification logic: an object event of the queries bucket in, a result beside the photo out.
+
+Level-triggered like enrollment: the event names a photo, the store's state decides.
+
+* A photo whose version already has a result is answered from that result: a redelivery asks
+  the predictor nothing and writes nothing, and its reply (id derived from the request's) is
+  the same event again.
+* Faces are ranked by the served predictor (KServe V1, its own URL and token), never by a
+  model loaded here: the answer always comes from the model version and gallery it serves.
+* A photo that cannot be identified gets the refusals enrollment gives (``not_an_image``,
+  ``no_face``, ...), as a ``face.rejected`` reply and as the ``error`` of its result.
+* Deleting a photo deletes its result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cloudevents.http import CloudEvent
+
+from facerank.errors import (
+    InvalidImageError,
+    NoFaceError,
+    ObjectNotFoundError,
+)
+from facerank.events import (
+    FACE_IDENTIFIED,
+    OBJECT_CREATED,
+    ObjectChangeData,
+    describe,
+    reply_event,
+)
+from facerank.imaging import decode_image
+from facerank.pipeline import NoFaceExplainer, image_limits
+from facerank.predictor import PredictorError, predict
+from facerank.queries import (
+    IdentifiedFace,
+    QueryResult,
+    QueryResults,
+    is_result_key,
+    result_key,
+)
+from facerank.settings import Settings
+from facerank.storage import ObjectStore
+from functions.objects import Outcome, object_change, rejection
+
+log = logging.getLogger(__name__)
+
+REPLY_SOURCE = "facerank/identify"
+
+Predict = Callable[[bytes], dict[str, Any]]
+"""Photo bytes in, the predictor's V1 prediction for it out."""
+
+
+class IdentifyHandler:
+    """Applies object.created / object.deleted events of the queries bucket."""
+
+    def __init__(self, settings: Settings, store: ObjectStore, predictor: Predict) -> None:
+        self.settings = settings
+        self.store = store
+        self.bucket = settings.queries_bucket
+        self.results = QueryResults(store, self.bucket)
+        self.predict = predictor
+        self._no_face = NoFaceExplainer(settings)
+
+    def handle(self, event: CloudEvent) -> Outcome:
+        """Decide and apply; retryable failures (store, predictor) propagate."""
+        data = object_change(event, self.bucket, source=REPLY_SOURCE)
+        if isinstance(data, Outcome):
+            return data
+        if is_result_key(data.key):
+            return Outcome("skipped", "a result, not a photo")
+        outcome = (
+            self._created(event, data) if event["type"] == OBJECT_CREATED else self._deleted(data)
+        )
+        log.info("%s: %s (%s)", describe(event), outcome.verdict, outcome.reason)
+        return outcome
+
+    # --- object.created ---------------------------------------------------------------------
+
+    def _created(self, event: CloudEvent, data: ObjectChangeData) -> Outcome:
+        try:
+            stored = self.store.get(data.bucket, data.key)
+        except ObjectNotFoundError:
+            return Outcome("skipped", "object no longer exists")
+        etag = stored.info.etag
+        if data.etag and data.etag != etag:
+            return Outcome("skipped", f"stale: the object is now version {etag}")
+        previous = self.results.read(data.key)
+        if previous is not None and previous.result is not None and previous.result.etag == etag:
+            return self._answer(event, previous.result, "already identified")
+        try:
+            result = self._identify(data.key, etag, stored.data)
+        except (InvalidImageError, NoFaceError, PredictorError) as exc:
+            if exc.retryable:
+                raise
+            result = QueryResult(
+                data.bucket, data.key, etag, error={"code": exc.code, "message": str(exc)}
+            )
+        if self._changed_since(data.key, etag):
+            return Outcome("skipped", "stale: the object changed during identification")
+        committed = self.results.commit(result)
+        if committed is None:
+            return Outcome("skipped", "stale: a result of a newer version is there")
+        return self._answer(event, committed, f"{len(committed.faces)} face(s)")
+
+    def _identify(self, key: str, etag: str, photo: bytes) -> QueryResult:
+        """Decode here (so refusals read as enrollment's), rank through the predictor."""
+        pixels = decode_image(photo, **image_limits(self.settings)).pixels
+        prediction = self.predict(photo)
+        faces = tuple(IdentifiedFace.from_json(face) for face in prediction.get("faces", ()))
+        if not faces:
+            raise self._no_face.explain(pixels)
+        return QueryResult(self.bucket, key, etag, str(prediction.get("model_version", "")), faces)
+
+    def _changed_since(self, key: str, etag: str) -> bool:
+        try:
+            return self.store.stat(self.bucket, key).etag != etag
+        except ObjectNotFoundError:
+            return True
+
+    # --- object.deleted ---------------------------------------------------------------------
+
+    def _deleted(self, data: ObjectChangeData) -> Outcome:
+        if self.store.exists(data.bucket, data.key):
+            return Outcome("skipped", "stale: the object exists again")
+        if not self.results.delete(data.key):
+            return Outcome("skipped", "no result to remove")
+        return Outcome("removed", "result deleted")
+
+    # --- replies ----------------------------------------------------------------------------
+
+    def _answer(self, event: CloudEvent, result: QueryResult, reason: str) -> Outcome:
+        """``face.identified`` for a result, ``face.rejected`` for a refusal's result."""
+        where = {"bucket": result.bucket, "key": result.key, "etag": result.etag}
+        if result.error is not None:
+            return self._refuse(
+                event, where, result.error.get("code", "error"), result.error.get("message", "")
+            )
+        data = identified_data(result)
+        return Outcome(
+            "identified", reason, reply_event(FACE_IDENTIFIED, event, data, source=REPLY_SOURCE)
+        )
+
+    def _refuse(self, event: CloudEvent, where: dict[str, Any], code: str, message: str) -> Outcome:
+        return rejection(event, where, code, message, source=REPLY_SOURCE)
+
+
+def identified_data(result: QueryResult) -> dict[str, Any]:
+    """``data`` of ``face.identified.v1``: the result, which holds no pixels and no vectors."""
+    return result.to_json() | {"result_key": result_key(result.key)}
+
+
+def build_handler(settings: Settings, store: ObjectStore) -> IdentifyHandler:
+    """The handler ``settings`` describe, ranking through the predictor they name."""
+    base_url, token, top_k = (
+        settings.predictor_base_url,
+        settings.api_token,
+        settings.identify_top_k,
+    )
+
+    def ranked(photo: bytes) -> dict[str, Any]:
+        return predict(base_url, photo, top_k, api_token=token)
+
+    return IdentifyHandler(settings, store, ranked)
