@@ -30,6 +30,7 @@ from facerank.queries import QueryResults, result_key
 from facerank.settings import Settings
 from facerank.storage import FolderStore
 from facerank.supervisor import Component, Supervisor
+from facerank.unknown import UnknownFaces
 from functions.identify.app import create_app
 from functions.identify.handler import IdentifyHandler, build_handler
 from functions.source.emitter import Emitter, Outcome
@@ -131,6 +132,27 @@ def test_a_face_nobody_enrolled_is_reported_unknown(
     assert data["unknown_faces"] == 1
     assert data["faces"][0]["identity"] is None
     assert data["faces"][0]["match"] is False
+    # Kept for grouping: its crop, its embedding by the served version, its source photo.
+    unknown_id = data["faces"][0]["unknown_id"]
+    kept = UnknownFaces(world.store, "gallery").groups().faces[unknown_id]
+    assert (kept.bucket, kept.key, kept.etag) == ("queries", "stranger.jpg", data["etag"])
+    assert kept.model_versions == ("lbp-v0",)
+    assert world.store.exists("gallery", f"unknown/faces/{unknown_id}/crop.png")
+    assert world.store.exists("gallery", f"unknown/faces/{unknown_id}/lbp-v0.f32")
+
+
+def test_deleting_a_photo_forgets_its_unknown_faces(
+    world: World, handler: IdentifyHandler, lfw_faces: np.ndarray
+) -> None:
+    outcome = handler.handle(drop(world, "brief.jpg", encode(lfw_photo(lfw_faces, 5), "JPEG")))
+    unknown_id = json_data(outcome.reply)["faces"][0]["unknown_id"]
+    unknown = UnknownFaces(world.store, "gallery")
+    assert unknown_id in unknown.groups().faces
+    world.store.delete("queries", "brief.jpg")
+    deleted = object_event("deleted", SOURCE, ObjectChangeData("queries", "brief.jpg"))
+    assert handler.handle(deleted).verdict == "removed"
+    assert unknown_id not in unknown.groups().faces
+    assert not list(world.store.list("gallery", f"unknown/faces/{unknown_id}/"))
 
 
 def test_redelivery_asks_nothing_writes_nothing_and_replies_the_same(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.plugins.cli import run_facerank
 from tests.plugins.enroller import lfw_photo
 from tests.plugins.faces import encode
 from tests.plugins.http import free_port
@@ -81,4 +82,24 @@ def test_query_photos_are_identified_by_events_and_notified_at_the_webhook(
     # Results are never taken for photos: each photo was notified exactly once.
     assert sorted(keys(webhook.bodies)) == ["party/eileen.jpg", "party/stranger.jpg"]
     assert len(webhook.bodies) == 2
+
+    # The stranger is an unknown group; naming it enrolls the photo through events.
+    listing = json.loads(run_facerank("unknown", "ls", "--json", data_dir=data_dir).stdout)
+    [group] = listing["groups"]
+    assert group["samples"][0]["key"] == "party/stranger.jpg"
+    run_facerank("unknown", "name", group["group"], "Zoë Li", data_dir=data_dir)
+    up.wait_for(
+        lambda: identities(data_dir) == {"eileen": 1, "Zoë Li": 1}, "the named group to enroll"
+    )
+    listing = json.loads(run_facerank("unknown", "ls", "--json", data_dir=data_dir).stdout)
+    assert listing["groups"] == []
+
+    # Renaming moves photos; events leave no trace of the old name anywhere.
+    run_facerank("gallery", "mv", "eileen", "Eileen Collins", data_dir=data_dir)
+    up.wait_for(lambda: identities(data_dir) == {"Eileen Collins": 1, "Zoë Li": 1}, "the rename")
+    buckets = data_dir / "buckets"
+    faces = [p.relative_to(buckets / "faces").as_posix() for p in (buckets / "faces").rglob("*")]
+    assert not [key for key in faces if key.startswith("eileen")]
+    records = (buckets / "gallery" / "identities").iterdir()
+    assert sorted(p.name for p in records if any(p.iterdir())) == ["Eileen Collins", "Zoë Li"]
     assert up.stop() == 0

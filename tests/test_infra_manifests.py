@@ -358,6 +358,7 @@ def mounts_of(pod_spec: dict[str, Any], container: dict[str, Any]) -> dict[str, 
 
 SHARED_ACCESS = {
     "Service/facerank-enroll": True,
+    "Service/facerank-identify": True,
     "InferenceService/facerank": True,
     "Service/facerank-retrain": False,
     "PodTemplate/facerank-trainer": False,

@@ -51,7 +51,7 @@ from facerank.pipeline import (
     image_limits,
 )
 from facerank.registry import ActivePointer, ModelRegistry, ServingModels
-from facerank.reindex import add_version, embed_crops
+from facerank.reindex import add_version, embed_served
 from facerank.settings import EnrollFaces, Settings
 from facerank.storage import ObjectStore, StoredObject
 from functions.objects import Outcome, object_change, rejection
@@ -172,12 +172,7 @@ class EnrollHandler:
             raise self._no_face.explain(pixels)
         chosen = select_faces(faces, self.settings.enroll_faces)
         crops = [pipeline.align(pixels, f, GALLERY_CROP_256).chip for f in chosen]
-        embeddings = {
-            version: pipeline.embed(chosen)
-            if embedder is pipeline.embedder
-            else embed_crops(embedder, crops)
-            for version, embedder in embedders.items()
-        }
+        embeddings = embed_served(pipeline, chosen, crops, embedders)
         record = SourceRecord(
             identity=identity,
             bucket=info.bucket,

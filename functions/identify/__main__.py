@@ -19,6 +19,7 @@ def main() -> None:
     store = open_store(settings)
     store.ensure_bucket(settings.queries_bucket)
     handler = build_handler(settings, store)
+    handler.models.current()  # load the model now (it embeds unknown faces), not on an event
     logging.getLogger(__name__).info(
         "identifying photos of bucket %r through the predictor at %s",
         settings.queries_bucket,

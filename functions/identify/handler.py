@@ -9,15 +9,20 @@ Level-triggered like enrollment: the event names a photo, the store's state deci
   model loaded here: the answer always comes from the model version and gallery it serves.
 * A photo that cannot be identified gets the refusals enrollment gives (``not_an_image``,
   ``no_face``, ...), as a ``face.rejected`` reply and as the ``error`` of its result.
-* Deleting a photo deletes its result.
+* Faces nobody matched are kept and grouped (:mod:`facerank.unknown`): the same detector
+  runs here to cut their crops, and the served models embed them. Their ids travel in the
+  result (``unknown_id``), so a person can be told which group a face landed in.
+* Deleting a photo deletes its result and its unknown faces.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from cloudevents.http import CloudEvent
 
 from facerank.errors import (
@@ -32,8 +37,17 @@ from facerank.events import (
     describe,
     reply_event,
 )
+from facerank.faces.align import GALLERY_CROP_256
+from facerank.gallery import face_id
 from facerank.imaging import decode_image
-from facerank.pipeline import NoFaceExplainer, image_limits
+from facerank.pipeline import (
+    Face,
+    FacePipeline,
+    NoFaceExplainer,
+    alignment_from_settings,
+    detector_from_settings,
+    image_limits,
+)
 from facerank.predictor import PredictorError, predict
 from facerank.queries import (
     IdentifiedFace,
@@ -42,8 +56,11 @@ from facerank.queries import (
     is_result_key,
     result_key,
 )
+from facerank.registry import ModelRegistry, ServingModels
+from facerank.reindex import embed_served
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
+from facerank.unknown import NewFace, UnknownFace, UnknownFaces
 from functions.objects import Outcome, object_change, rejection
 
 log = logging.getLogger(__name__)
@@ -57,12 +74,25 @@ Predict = Callable[[bytes], dict[str, Any]]
 class IdentifyHandler:
     """Applies object.created / object.deleted events of the queries bucket."""
 
-    def __init__(self, settings: Settings, store: ObjectStore, predictor: Predict) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        predictor: Predict,
+        models: ServingModels,
+        unknown: UnknownFaces,
+    ) -> None:
+        """``models`` embed the faces nobody matched (crops and vectors kept in ``unknown``);
+        ranking is the predictor's alone."""
         self.settings = settings
         self.store = store
         self.bucket = settings.queries_bucket
         self.results = QueryResults(store, self.bucket)
         self.predict = predictor
+        self.models = models
+        self.unknown = unknown
+        self.detector = detector_from_settings(settings)
+        self.align_mode, self.locator = alignment_from_settings(settings)
         self._no_face = NoFaceExplainer(settings)
 
     def handle(self, event: CloudEvent) -> Outcome:
@@ -113,7 +143,56 @@ class IdentifyHandler:
         faces = tuple(IdentifiedFace.from_json(face) for face in prediction.get("faces", ()))
         if not faces:
             raise self._no_face.explain(pixels)
+        kept = self._keep_unknown(key, etag, pixels, faces)
+        faces = tuple(replace(f, unknown_id=kept.get(i)) for i, f in enumerate(faces))
         return QueryResult(self.bucket, key, etag, str(prediction.get("model_version", "")), faces)
+
+    def _keep_unknown(
+        self, key: str, etag: str, pixels: np.ndarray, faces: Sequence[IdentifiedFace]
+    ) -> dict[int, str]:
+        """Keep the faces nobody matched (crop, embedding per served version, source) and
+        group them; ``face index -> unknown face id``.
+
+        The predictor returns boxes, not pixels or vectors, so the same detector runs here
+        and each unknown face is paired with the local detection it overlaps most.
+        """
+        wanted = [i for i, face in enumerate(faces) if face.identity is None]
+        if not wanted:
+            return {}
+        pointer, embedders = self.models.current()
+        active = pointer.active.version
+        pipeline = FacePipeline(
+            self.detector,
+            embedders[active],
+            align_mode=self.align_mode,
+            limits=image_limits(self.settings),
+            locator=self.locator,
+        )
+        local = pipeline.analyze(pixels).faces
+        new = []
+        for index in wanted:
+            paired = best_overlap(faces[index].box, local)
+            if paired is None:
+                log.warning("%s: no local detection for unknown face %d", key, index)
+                continue
+            crop = pipeline.align(pixels, paired, GALLERY_CROP_256).chip
+            vectors = {
+                v: m[0] for v, m in embed_served(pipeline, [paired], [crop], embedders).items()
+            }
+            face = UnknownFace(
+                face_id(self.bucket, key, etag, index),
+                self.bucket,
+                key,
+                etag,
+                faces[index].box,
+                model_versions=tuple(vectors),
+            )
+            new.append((index, NewFace(face, crop, vectors)))
+        threshold = self.settings.match_threshold or embedders[active].match_threshold
+        self.unknown.add(
+            [n for _, n in new], embedders=embedders, active=active, threshold=threshold
+        )
+        return {index: n.face.face_id for index, n in new}
 
     def _changed_since(self, key: str, etag: str) -> bool:
         try:
@@ -126,9 +205,14 @@ class IdentifyHandler:
     def _deleted(self, data: ObjectChangeData) -> Outcome:
         if self.store.exists(data.bucket, data.key):
             return Outcome("skipped", "stale: the object exists again")
-        if not self.results.delete(data.key):
+        pointer, embedders = self.models.current()
+        threshold = (
+            self.settings.match_threshold or embedders[pointer.active.version].match_threshold
+        )
+        forgotten = self.unknown.remove_source(data.bucket, data.key, threshold=threshold)
+        if not self.results.delete(data.key) and not forgotten:
             return Outcome("skipped", "no result to remove")
-        return Outcome("removed", "result deleted")
+        return Outcome("removed", f"result and {len(forgotten)} unknown face(s) deleted")
 
     # --- replies ----------------------------------------------------------------------------
 
@@ -164,4 +248,25 @@ def build_handler(settings: Settings, store: ObjectStore) -> IdentifyHandler:
     def ranked(photo: bytes) -> dict[str, Any]:
         return predict(base_url, photo, top_k, api_token=token)
 
-    return IdentifyHandler(settings, store, ranked)
+    models = ServingModels(ModelRegistry(store, settings.models_bucket), settings)
+    unknown = UnknownFaces(store, settings.gallery_bucket)
+    return IdentifyHandler(settings, store, ranked, models, unknown)
+
+
+def best_overlap(box: tuple[int, int, int, int], faces: Sequence[Face]) -> Face | None:
+    """The face whose detection box overlaps ``box`` most (IoU at least a half), or None."""
+    best, best_iou = None, 0.5
+    for face in faces:
+        iou = box_iou(box, face.detection.box)
+        if iou >= best_iou:
+            best, best_iou = face, iou
+    return best
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes."""
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(0, width) * max(0, height)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
