@@ -358,6 +358,30 @@ class UnknownFaces:
         raise UnknownContendedError("the unknown faces' groups kept changing under this update")
 
 
+SAMPLES = 3
+"""Sample faces listed per group: enough to recognise someone, few enough to scan."""
+
+
+def listing(unknown: UnknownFaces) -> dict[str, Any]:
+    """Groups, largest first, with sizes and sample faces (``facerank unknown ls --json``
+    and the web page show this)."""
+    groups = unknown.groups()
+    entries = [
+        {
+            "group": group,
+            "faces": len(members),
+            "photos": len({(f.bucket, f.key) for f in members}),
+            "samples": [
+                {"face_id": f.face_id, "bucket": f.bucket, "key": f.key, "box": list(f.box)}
+                for f in members[:SAMPLES]
+            ],
+        }
+        for group, members in groups.members().items()
+    ]
+    entries.sort(key=lambda e: -e["faces"])
+    return {"model_version": groups.model_version, "groups": entries}
+
+
 def pairwise_distances(vectors: np.ndarray) -> np.ndarray:
     """Euclidean distances between unit rows, ``sqrt(2 - 2 cos)``, as the search computes."""
     return np.sqrt(np.clip(2.0 - 2.0 * (vectors @ vectors.T), 0.0, 4.0))

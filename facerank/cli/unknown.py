@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from facerank.cli.output import emit_json
 from facerank.identities import name_group
 from facerank.settings import Settings
 from facerank.storage import open_store
-from facerank.unknown import UnknownFaces
-
-SAMPLES = 3
+from facerank.unknown import UnknownFaces, listing
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,25 +28,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     name.add_argument("group", metavar="GROUP")
     name.add_argument("identity", metavar="IDENTITY")
     name.set_defaults(handler=run_name)
-
-
-def listing(unknown: UnknownFaces) -> dict[str, Any]:
-    """What ``ls --json`` prints (and the web page shows): groups, largest first."""
-    groups = unknown.groups()
-    entries = [
-        {
-            "group": group,
-            "faces": len(members),
-            "photos": len({(f.bucket, f.key) for f in members}),
-            "samples": [
-                {"face_id": f.face_id, "bucket": f.bucket, "key": f.key, "box": list(f.box)}
-                for f in members[:SAMPLES]
-            ],
-        }
-        for group, members in groups.members().items()
-    ]
-    entries.sort(key=lambda e: -e["faces"])
-    return {"model_version": groups.model_version, "groups": entries}
 
 
 def run_ls(args: argparse.Namespace, settings: Settings) -> int:
