@@ -100,6 +100,12 @@ class Settings:
     calibrated threshold (its card; 0.40 for ``dlib-r34-v1``, FAR 1% on AT&T; 0.60 for
     ``lbp-v0``), which moves with the model on a switch. Set it only to override them all."""
 
+    open_set_far: float = 0.01
+    """The chance the predictor may call a stranger a match with *some* enrolled identity: the
+    match threshold shrinks with the gallery's size to keep it (``facerank/openset.py``),
+    never beyond the model's pair threshold. 0: the pair threshold alone. Unused when
+    ``match_threshold`` is set."""
+
     gallery_refresh_s: float = 2.0
     """Seconds between the predictor's polls of the gallery for enrolled and removed faces."""
 
@@ -284,6 +290,8 @@ class Settings:
             raise ConfigError("FACERANK_S3_ENDPOINT must start with http:// or https://")
         if self.match_threshold is not None and not 0.0 < self.match_threshold <= 2.0:
             raise ConfigError("FACERANK_MATCH_THRESHOLD must be in (0, 2]: unit-vector distances")
+        if not 0.0 <= self.open_set_far < 1.0:
+            raise ConfigError("FACERANK_OPEN_SET_FAR must be in [0, 1)")
         if self.gallery_refresh_s <= 0:
             raise ConfigError("FACERANK_GALLERY_REFRESH_S must be positive")
         if not 0.0 <= self.min_face_confidence < 1.0:
