@@ -1,4 +1,4 @@
-"""Unknown faces: kept, grouped by single linkage, merged, split, regrouped after a model switch,
+"""Unknown faces: kept, grouped around centres, merged, split, regrouped after a model switch,
 named into the faces bucket; identities renamed or merged by moving photos.
 
 Grouping is checked with hand-placed unit vectors (so each distance is known), the model switch
@@ -64,7 +64,8 @@ def groups_of(unknown: UnknownFaces) -> list[list[str]]:
     return sorted(sorted(f.face_id for f in m) for m in unknown.groups().members().values())
 
 
-# 2 sin(10°) = 0.35 links (< 0.5); 2 sin(20°) = 0.68 does not.
+# Distance 2 sin(angle / 2): 20° apart is 0.35 (joins at 0.5), 30° is 0.52 and 40° 0.68 (not);
+# centres merge within 0.75 x 0.5 = 0.375, i.e. 21.6°.
 
 
 def test_a_face_joins_the_group_it_matches_or_starts_one(unknown: UnknownFaces) -> None:
@@ -74,19 +75,32 @@ def test_a_face_joins_the_group_it_matches_or_starts_one(unknown: UnknownFaces) 
     assert groups_of(unknown) == [["a", "b"], ["c"]]
 
 
-def test_groups_that_come_to_match_merge_into_the_oldest(unknown: UnknownFaces) -> None:
-    add(unknown, new_face("a", 0), new_face("c", 40))
+def test_a_look_alike_of_one_member_does_not_chain_two_people(unknown: UnknownFaces) -> None:
+    add(unknown, new_face("a", 0), new_face("b", 20))  # one person: centre at 10°
+    assert add(unknown, new_face("c", 40)) == {"c": "g2"}  # 0.35 from b, 0.52 from the centre
+    assert groups_of(unknown) == [["a", "b"], ["c"]]
+
+
+def test_groups_whose_centres_come_close_merge_into_the_oldest(unknown: UnknownFaces) -> None:
+    add(unknown, new_face("a", 0), new_face("c", 30))
     assert groups_of(unknown) == [["a"], ["c"]]
-    assert add(unknown, new_face("b", 20)) == {"b": "g1"}  # 0.35 from both: a bridge
-    assert groups_of(unknown) == [["a", "b", "c"]]
+    assert add(unknown, new_face("b1", 15, key="b.jpg")) == {"b1": "g1"}  # a tie: the oldest
+    assert groups_of(unknown) == [["a", "b1"], ["c"]]  # centres 22.5° apart: 0.39 > 0.375
+    # b2 joins c (0.14 from it); the centres, now 18.5° apart (0.32), merge.
+    assert add(unknown, new_face("b2", 22, key="b.jpg")) == {"b2": "g1"}
+    assert groups_of(unknown) == [["a", "b1", "b2", "c"]]
     assert {f.group for f in unknown.groups().faces.values()} == {"g1"}
 
 
-def test_removing_the_bridge_splits_the_group_again(unknown: UnknownFaces) -> None:
-    add(unknown, new_face("a", 0), new_face("b", 20), new_face("c", 40))
-    assert unknown.remove_source("queries", "b.jpg", threshold=THRESHOLD) == ["b"]
+def test_removing_the_faces_that_joined_them_splits_the_group_again(
+    unknown: UnknownFaces,
+) -> None:
+    add(unknown, new_face("a", 0), new_face("c", 30))
+    add(unknown, new_face("b1", 15, key="b.jpg"))
+    add(unknown, new_face("b2", 22, key="b.jpg"))
+    assert sorted(unknown.remove_source("queries", "b.jpg", threshold=THRESHOLD)) == ["b1", "b2"]
     assert groups_of(unknown) == [["a"], ["c"]]
-    assert not list(unknown.store.list("gallery", "unknown/faces/b/"))
+    assert not list(unknown.store.list("gallery", "unknown/faces/b1/"))
 
 
 def test_a_redelivery_adds_nothing_and_a_new_photo_version_replaces_the_old(
@@ -102,7 +116,7 @@ def test_a_redelivery_adds_nothing_and_a_new_photo_version_replaces_the_old(
 
 def test_concurrent_additions_lose_no_face(unknown: UnknownFaces, store: FolderStore) -> None:
     """Each thread its own UnknownFaces (as separate pods would be): conditional puts only."""
-    faces = [new_face(f"f{i}", i * 90.0 / 16) for i in range(16)]
+    faces = [new_face(f"f{i}", float(i)) for i in range(16)]
     threads = [
         threading.Thread(target=add, args=(UnknownFaces(store, "gallery"), face)) for face in faces
     ]
@@ -111,7 +125,7 @@ def test_concurrent_additions_lose_no_face(unknown: UnknownFaces, store: FolderS
     for thread in threads:
         thread.join()
     assert sorted(unknown.groups().faces) == sorted(f.face.face_id for f in faces)
-    assert len(unknown.groups().members()) == 1  # each within 0.1 of the next: one chain
+    assert len(unknown.groups().members()) == 1  # all within 15°: one person
 
 
 def test_a_model_switch_reembeds_from_crops_and_regroups(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from cloudevents.http import CloudEvent
 
+from facerank.embedding import Embedder
 from facerank.errors import (
     InvalidImageError,
     NoFaceError,
@@ -94,6 +95,7 @@ class IdentifyHandler:
         self.detector = detector_from_settings(settings)
         self.align_mode, self.locator = alignment_from_settings(settings)
         self._no_face = NoFaceExplainer(settings)
+        self._served_threshold = 0.0
 
     def handle(self, event: CloudEvent) -> Outcome:
         """Decide and apply; retryable failures (store, predictor) propagate."""
@@ -143,12 +145,17 @@ class IdentifyHandler:
         faces = tuple(IdentifiedFace.from_json(face) for face in prediction.get("faces", ()))
         if not faces:
             raise self._no_face.explain(pixels)
-        kept = self._keep_unknown(key, etag, pixels, faces)
+        kept = self._keep_unknown(key, etag, pixels, faces, prediction.get("threshold"))
         faces = tuple(replace(f, unknown_id=kept.get(i)) for i, f in enumerate(faces))
         return QueryResult(self.bucket, key, etag, str(prediction.get("model_version", "")), faces)
 
     def _keep_unknown(
-        self, key: str, etag: str, pixels: np.ndarray, faces: Sequence[IdentifiedFace]
+        self,
+        key: str,
+        etag: str,
+        pixels: np.ndarray,
+        faces: Sequence[IdentifiedFace],
+        served_threshold: float | None,
     ) -> dict[int, str]:
         """Keep the faces nobody matched (crop, embedding per served version, source) and
         group them; ``face index -> unknown face id``.
@@ -188,11 +195,21 @@ class IdentifyHandler:
                 model_versions=tuple(vectors),
             )
             new.append((index, NewFace(face, crop, vectors)))
-        threshold = self.settings.match_threshold or embedders[active].match_threshold
+        threshold = self._group_threshold(embedders[active], served_threshold)
         self.unknown.add(
             [n for _, n in new], embedders=embedders, active=active, threshold=threshold
         )
         return {index: n.face.face_id for index, n in new}
+
+    def _group_threshold(self, embedder: Embedder, served: object) -> float:
+        """Unknown faces join a group at the threshold the predictor decided ``match`` at:
+        calibrated for the gallery's size (see :mod:`facerank.openset`), because a new face is
+        compared with many groups at once just as a query is with many identities (at the pair
+        threshold, AT&T's strangers fell into groups of pairwise precision 0.05). Without one
+        (a deletion, an older predictor): the last one served, else the pair threshold."""
+        if isinstance(served, int | float) and 0.0 < served <= 2.0:
+            self._served_threshold = float(served)
+        return self._served_threshold or self.settings.match_threshold or embedder.match_threshold
 
     def _changed_since(self, key: str, etag: str) -> bool:
         try:
@@ -206,9 +223,7 @@ class IdentifyHandler:
         if self.store.exists(data.bucket, data.key):
             return Outcome("skipped", "stale: the object exists again")
         pointer, embedders = self.models.current()
-        threshold = (
-            self.settings.match_threshold or embedders[pointer.active.version].match_threshold
-        )
+        threshold = self._group_threshold(embedders[pointer.active.version], None)
         forgotten = self.unknown.remove_source(data.bucket, data.key, threshold=threshold)
         if not self.results.delete(data.key) and not forgotten:
             return Outcome("skipped", "no result to remove")
