@@ -97,8 +97,9 @@ class Settings:
 
     match_threshold: float | None = None
     """Largest embedding distance the predictor calls a ``match``. Unset: each model's own
-    calibrated threshold (its card; 0.40 for ``dlib-r34-v1``, FAR 1% on AT&T; 0.60 for
-    ``lbp-v0``), which moves with the model on a switch. Set it only to override them all."""
+    calibrated pair threshold (its card; 0.40 for ``dlib-r34-v1``, FAR 1% on AT&T; 0.60 for
+    ``lbp-v0``), which moves with the model on a switch, lowered for the gallery's size (see
+    ``open_set_far``). Set it only to fix one threshold for every model and gallery."""
 
     open_set_far: float = 0.01
     """The chance the predictor may call a stranger a match with *some* enrolled identity: the
