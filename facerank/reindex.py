@@ -14,8 +14,9 @@ enrollments embed with it too) and making it active.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from facerank.errors import ObjectNotFoundError, PreconditionFailedError
 from facerank.faces.align import GALLERY_CROP_256, rechip
 from facerank.gallery import Gallery
 from facerank.gallery.gallery import StoredRecord
+
+if TYPE_CHECKING:  # the pipeline imports the registry, which imports this module
+    from facerank.pipeline import Face, FacePipeline
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,22 @@ def embed_crops(embedder: Embedder, crops: Sequence[np.ndarray]) -> np.ndarray:
     """Embeddings of stored gallery crops, each re-aligned to the embedder's chip."""
     chips = np.stack([rechip(crop, GALLERY_CROP_256, embedder.chip) for crop in crops])
     return embedder.embed(chips)
+
+
+def embed_served(
+    pipeline: FacePipeline,
+    faces: Sequence[Face],
+    crops: Sequence[np.ndarray],
+    embedders: Mapping[str, Embedder],
+) -> dict[str, np.ndarray]:
+    """Embeddings of ``faces`` by every served version: the pipeline's own from chips aligned
+    on the photo, the others from the gallery crops, as re-embedding computes them."""
+    return {
+        version: pipeline.embed(faces)
+        if embedder is pipeline.embedder
+        else embed_crops(embedder, crops)
+        for version, embedder in embedders.items()
+    }
 
 
 def add_version(gallery: Gallery, stored: StoredRecord, embedder: Embedder) -> bool:

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.plugins.faces",
     "tests.plugins.sink",
     "tests.plugins.pretrained",
+    "tests.plugins.webhook",
 ]
