@@ -226,6 +226,12 @@ class Settings:
         return self.predictor_url or loopback_url(self.predictor_port)
 
     @property
+    def predictor_token(self) -> str:
+        """The token identify presents to the predictor: ``predictor_api_token``, else
+        ``api_token``."""
+        return self.predictor_api_token or self.api_token
+
+    @property
     def buckets_dir(self) -> Path:
         """Root of the folder store; each bucket is a sub-folder."""
         return self.data_dir / "buckets"

@@ -37,7 +37,7 @@ from functions.source.emitter import Emitter, Outcome
 from functions.source.reconcile import Reconciler
 from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
-from tests.plugins.http import free_port
+from tests.plugins.http import free_port, serving
 from tests.plugins.sink import EventSink
 
 SOURCE = "file:///test/queries"
@@ -298,3 +298,23 @@ def test_the_source_reconciles_the_queries_bucket_against_its_results(
         (OBJECT_DELETED, "left.jpg", settings.queries_bucket),
     }
     assert json_data(next(e for e in events if e["subject"] == "new.jpg"))["etag"] == fresh
+
+
+def test_the_predictor_token_is_presented_though_the_function_takes_none(
+    world: World, astronaut: np.ndarray
+) -> None:
+    """In a cluster identify takes events without a token (from the Broker) yet must present
+    one to the guarded predictor: ``FACERANK_PREDICTOR_API_TOKEN`` alone is enough."""
+    token = "predictor-token-for-identify-0123"
+    seen: list[str] = []
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ.get("HTTP_AUTHORIZATION", ""))
+        start_response("401 Unauthorized", [("Content-Type", "application/json")])
+        return [b'{"error": "no valid API token"}']
+
+    with serving(guarded) as url:
+        settings = world.settings.replace(predictor_url=url, predictor_api_token=token)
+        handler = build_handler(settings, world.store)
+        handler.handle(drop(world, "guarded.jpg", another_shot(astronaut)))
+    assert seen == [f"Bearer {token}"]

@@ -256,7 +256,7 @@ def build_handler(settings: Settings, store: ObjectStore) -> IdentifyHandler:
     """The handler ``settings`` describe, ranking through the predictor they name."""
     base_url, token, top_k = (
         settings.predictor_base_url,
-        settings.api_token,
+        settings.predictor_token,
         settings.identify_top_k,
     )
 
