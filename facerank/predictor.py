@@ -32,6 +32,15 @@ class PredictorUnavailableError(PredictorError):
     retryable = True
 
 
+class PredictorUnauthorizedError(PredictorError):
+    """The predictor refused the caller's token (401/403): the caller's configuration is
+    wrong, not the photo, so an event is retried (and finally dead-lettered), never answered
+    with a result that blames the photo."""
+
+    code = "predictor_unauthorized"
+    retryable = True
+
+
 def predict(
     base_url: str, image: bytes, top_k: int, *, api_token: str = "", timeout: float = 60.0
 ) -> dict[str, Any]:
@@ -48,7 +57,11 @@ def predict(
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return json.load(response)["predictions"][0]
     except urllib.error.HTTPError as exc:
-        error = PredictorUnavailableError if exc.code >= 500 else PredictorError
+        error: type[PredictorError] = PredictorError
+        if exc.code >= 500:
+            error = PredictorUnavailableError
+        elif exc.code in (401, 403):
+            error = PredictorUnauthorizedError
         raise error(f"{url} answered {exc.code}: {_error_text(exc)}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -25,7 +25,7 @@ from facerank.events import (
     object_event,
 )
 from facerank.gallery import Gallery
-from facerank.predictor import PredictorUnavailableError
+from facerank.predictor import PredictorUnauthorizedError, PredictorUnavailableError
 from facerank.queries import QueryResults, result_key
 from facerank.settings import Settings
 from facerank.storage import FolderStore
@@ -316,5 +316,9 @@ def test_the_predictor_token_is_presented_though_the_function_takes_none(
     with serving(guarded) as url:
         settings = world.settings.replace(predictor_url=url, predictor_api_token=token)
         handler = build_handler(settings, world.store)
-        handler.handle(drop(world, "guarded.jpg", another_shot(astronaut)))
+        with pytest.raises(PredictorUnauthorizedError):
+            handler.handle(drop(world, "guarded.jpg", another_shot(astronaut)))
     assert seen == [f"Bearer {token}"]
+    # A refused token is the function's misconfiguration, not the photo's fault: retried by
+    # the broker, and no result blames the photo.
+    assert not world.store.exists("queries", result_key("guarded.jpg"))
