@@ -33,6 +33,7 @@ OBJECT_DELETED = f"{NAMESPACE}.object.deleted.v1"
 FACE_ENROLLED = f"{NAMESPACE}.face.enrolled.v1"
 FACE_REJECTED = f"{NAMESPACE}.face.rejected.v1"
 FACE_REMOVED = f"{NAMESPACE}.face.removed.v1"
+FACE_IDENTIFIED = f"{NAMESPACE}.face.identified.v1"
 RETRAIN_REQUESTED = f"{NAMESPACE}.retrain.requested.v1"
 RETRAIN_REFUSED = f"{NAMESPACE}.retrain.refused.v1"
 RETRAIN_STARTED = f"{NAMESPACE}.retrain.started.v1"
@@ -43,6 +44,8 @@ MODEL_REJECTED = f"{NAMESPACE}.model.rejected.v1"
 GALLERY_REINDEXED = f"{NAMESPACE}.gallery.reindexed.v1"
 
 JSON = "application/json"
+BUCKET_ATTRIBUTE = "bucket"
+"""CloudEvents extension naming the bucket of an object event (Trigger filters use it)."""
 
 ObjectChange = Literal["created", "deleted"]
 
@@ -115,6 +118,10 @@ def object_event(
     The version is the ETag for creations; deletions have none, so the store's sequencer is
     used, and failing that the empty string (a deletion of a key is then one event, whatever
     delivered it, which is what idempotent handling wants).
+
+    The bucket also travels as the extension attribute ``bucket``: Knative Triggers filter on
+    attributes only, and that is how the queries bucket's events reach the identify function
+    alone.
     """
     version = data.etag if change == "created" else data.sequencer
     identity = "\0".join((change, data.bucket, data.key, version))
@@ -125,6 +132,7 @@ def object_event(
         "subject": data.key,
         "time": (time_ or datetime.now(UTC)).isoformat(),
         "datacontenttype": JSON,
+        BUCKET_ATTRIBUTE: data.bucket,
     }
     return CloudEvent(attributes, data.to_json())
 

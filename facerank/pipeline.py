@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from facerank.embedding import Embedder
-from facerank.errors import InvalidImageError
+from facerank.errors import FaceTooSmallError, InvalidImageError, NoFaceError
 from facerank.faces import AlignedFace, AlignMode, Detection, FaceDetector, HaarFaceDetector
 from facerank.faces.align import ChipSpec, align_face
 from facerank.faces.detect import HAAR_MIN_CONFIDENCE
@@ -221,6 +221,34 @@ def locator_from_settings(settings: Settings) -> LandmarkLocator | None:
         )
         return None
     return LandmarkLocator(model_dir)
+
+
+SMALLEST_DETECTABLE = 24
+"""Below this no detector sees faces at all (Haar's window), so none can be "too small"."""
+
+
+class NoFaceExplainer:
+    """Tells "no face at all" from "faces, but all below the minimum size", for refusals.
+
+    Enrollment and identification refuse a photo without a usable face with the same codes
+    (``no_face``, ``face_too_small``), so the person who dropped it learns what to fix.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._min_face_size = settings.min_face_size
+        self._probe = detector_from_settings(
+            settings, min_face_size=SMALLEST_DETECTABLE, max_faces=1
+        )
+
+    def explain(self, pixels: np.ndarray) -> NoFaceError:
+        height, width = pixels.shape[:2]
+        small = self._probe.detect(pixels)
+        if small:
+            side = small[0].box[2]
+            return FaceTooSmallError(
+                f"the largest face is {side}px wide, below the minimum of {self._min_face_size}px"
+            )
+        return NoFaceError(f"no face found in the {width}x{height} image")
 
 
 def image_limits(settings: Settings) -> dict[str, int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +31,8 @@ from facerank.gallery.gallery import StoredRecord
 from facerank.settings import Settings
 from facerank.storage import open_store
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the pipeline imports the registry, which imports this module
+    from facerank.pipeline import Face, FacePipeline
     from facerank.registry.pointer import ModelRef
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,22 @@ def embed_crops(embedder: Embedder, crops: Sequence[np.ndarray]) -> np.ndarray:
     """Embeddings of stored gallery crops, each re-aligned to the embedder's chip."""
     chips = np.stack([rechip(crop, GALLERY_CROP_256, embedder.chip) for crop in crops])
     return embedder.embed(chips)
+
+
+def embed_served(
+    pipeline: FacePipeline,
+    faces: Sequence[Face],
+    crops: Sequence[np.ndarray],
+    embedders: Mapping[str, Embedder],
+) -> dict[str, np.ndarray]:
+    """Embeddings of ``faces`` by every served version: the pipeline's own from chips aligned
+    on the photo, the others from the gallery crops, as re-embedding computes them."""
+    return {
+        version: pipeline.embed(faces)
+        if embedder is pipeline.embedder
+        else embed_crops(embedder, crops)
+        for version, embedder in embedders.items()
+    }
 
 
 def add_version(gallery: Gallery, stored: StoredRecord, embedder: Embedder) -> bool:

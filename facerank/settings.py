@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from facerank.errors import ConfigError
+from facerank.serving import loopback_url
 
 StoreKind = Literal["folder", "s3"]
 AlignKind = Literal["landmarks", "eyes", "box"]
@@ -73,6 +74,10 @@ class Settings:
     faces_bucket: str = "faces"
     """Where people drop photos: ``faces/<identity>/<file>``."""
 
+    queries_bucket: str = "queries"
+    """Where photos to identify are dropped (any key); each gets ``results/<key>.json`` beside
+    it in this bucket, written by the identify function."""
+
     gallery_bucket: str = "gallery"
     """Aligned crops, metadata and per-model-version embeddings."""
 
@@ -86,10 +91,21 @@ class Settings:
 
     predictor_port: int = 8080
 
+    predictor_url: str = ""
+    """Base URL of the predictor the web page and the identify function call (a cluster
+    Service address); empty: this machine's ``predictor_port``."""
+
     match_threshold: float | None = None
     """Largest embedding distance the predictor calls a ``match``. Unset: each model's own
-    calibrated threshold (its card; 0.40 for ``dlib-r34-v1``, FAR 1% on AT&T; 0.60 for
-    ``lbp-v0``), which moves with the model on a switch. Set it only to override them all."""
+    calibrated pair threshold (its card; 0.40 for ``dlib-r34-v1``, FAR 1% on AT&T; 0.60 for
+    ``lbp-v0``), which moves with the model on a switch, lowered for the gallery's size (see
+    ``open_set_far``). Set it only to fix one threshold for every model and gallery."""
+
+    open_set_far: float = 0.01
+    """The chance the predictor may call a stranger a match with *some* enrolled identity: the
+    match threshold shrinks with the gallery's size to keep it (``facerank/openset.py``),
+    never beyond the model's pair threshold. 0: the pair threshold alone. Unused when
+    ``match_threshold`` is set."""
 
     gallery_refresh_s: float = 2.0
     """Seconds between the predictor's polls of the gallery for enrolled and removed faces."""
@@ -110,6 +126,30 @@ class Settings:
     """Bucket event source: MinIO webhook and SNS endpoints."""
 
     enroll_port: int = 8092
+
+    identify_port: int = 8093
+    """The identify function (``python -m functions.identify``) under ``facerank up``."""
+
+    predictor_api_token: str = field(default="", repr=False)
+    """Token the identify function presents to the predictor; empty: ``api_token``. Apart
+    from ``api_token`` so that in a cluster identify can call the guarded predictor while
+    taking events from the Knative Broker, which presents no token (NetworkPolicies guard
+    the functions there)."""
+
+    identify_top_k: int = 3
+    """Identities ranked per face in a query photo's result and ``face.identified`` event."""
+
+    notify_port: int = 8095
+    """The notify function (``python -m functions.notify``) under ``facerank up``."""
+
+    notify_webhook_url: str = field(default="", repr=False)
+    """Where the notify function POSTs (a chat tool's incoming webhook: its URL usually holds
+    a secret, so mount it and name the file in ``FACERANK_NOTIFY_WEBHOOK_URL_FILE``); empty:
+    notifications are off."""
+
+    notify_filter: str = "unknown"
+    """Which ``face.identified`` events notify: comma-separated identities, and ``unknown``
+    for any face that matched nobody; ``*`` for every identified photo."""
 
     web_port: int = 8081
     """The web page (``python -m inference.web``); it reaches the predictor server-side."""
@@ -192,6 +232,17 @@ class Settings:
             object.__setattr__(self, "shared_dir", self.data_dir / "shared")
 
     @property
+    def predictor_base_url(self) -> str:
+        """Where the predictor answers: ``predictor_url``, else this machine's port."""
+        return self.predictor_url or loopback_url(self.predictor_port)
+
+    @property
+    def predictor_token(self) -> str:
+        """The token identify presents to the predictor: ``predictor_api_token``, else
+        ``api_token``."""
+        return self.predictor_api_token or self.api_token
+
+    @property
     def buckets_dir(self) -> Path:
         """Root of the folder store; each bucket is a sub-folder."""
         return self.data_dir / "buckets"
@@ -257,6 +308,8 @@ class Settings:
             raise ConfigError("FACERANK_S3_ENDPOINT must start with http:// or https://")
         if self.match_threshold is not None and not 0.0 < self.match_threshold <= 2.0:
             raise ConfigError("FACERANK_MATCH_THRESHOLD must be in (0, 2]: unit-vector distances")
+        if not 0.0 <= self.open_set_far < 1.0:
+            raise ConfigError("FACERANK_OPEN_SET_FAR must be in [0, 1)")
         if self.gallery_refresh_s <= 0:
             raise ConfigError("FACERANK_GALLERY_REFRESH_S must be positive")
         if self.search_approximate_above < 0:
@@ -264,7 +317,7 @@ class Settings:
         if self.min_face_confidence is not None and not 0.0 <= self.min_face_confidence < 1.0:
             raise ConfigError("FACERANK_MIN_FACE_CONFIDENCE must be in [0, 1)")
         ports = ("predictor_port", "broker_port", "source_port", "enroll_port", "web_port")
-        for name in (*ports, "retrain_port"):
+        for name in (*ports, "retrain_port", "identify_port", "notify_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} out of range: {getattr(self, name)}")
         if self.training_backend not in ("local", "kubernetes"):
@@ -278,6 +331,12 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+        for name in ("predictor_url", "notify_webhook_url"):
+            value = getattr(self, name)
+            if value and not value.startswith(("http://", "https://")):
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must start with http:// or https://")
+        if not 0 < self.identify_top_k <= 100:
+            raise ConfigError("FACERANK_IDENTIFY_TOP_K must be in 1..100")
         if self.retrain_after_enrollments < 0:
             raise ConfigError("FACERANK_RETRAIN_AFTER_ENROLLMENTS must not be negative")
         if self.enroll_faces not in ("largest", "all"):

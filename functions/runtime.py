@@ -15,7 +15,7 @@ Knative contracts these helpers keep in one place:
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from cloudevents.http import CloudEvent
 from flask import Flask, Request, Response, jsonify, request
@@ -52,6 +52,23 @@ def error_response(exc: FacerankError, status: int | None = None) -> tuple[Respo
     """JSON error body with the error's stable code; 503 when retrying may help, else 400."""
     chosen = status or (503 if exc.retryable else 400)
     return jsonify(error={"code": exc.code, "message": str(exc)}), chosen
+
+
+def create_event_app(name: str, handle: Callable[[CloudEvent], CloudEvent | None]) -> Flask:
+    """A function taking one CloudEvent at ``POST /`` and answering ``handle``'s reply event,
+    or an empty 202 when it has none.
+
+    The reply comes only after ``handle`` returned, i.e. once its writes are durable; a
+    retryable failure it raises becomes a 503, so the broker retries.
+    """
+    app = create_function_app(name)
+
+    @app.post("/")
+    def receive() -> Response:
+        reply = handle(read_cloudevent(request))
+        return empty_response() if reply is None else cloudevent_response(reply)
+
+    return app
 
 
 def create_function_app(

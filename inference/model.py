@@ -41,6 +41,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from facerank.errors import ImageTooLargeError, InvalidImageError
 from facerank.faces.detect import Box
 from facerank.gallery import Gallery
+from facerank.openset import MAX_TARGET_FACES, open_set_threshold
 from facerank.pipeline import FacePipeline
 from facerank.registry import ModelRegistry, ServingModels
 from facerank.settings import Settings
@@ -106,6 +107,8 @@ class FacerankModel(Model):
         self.settings = settings
         self.threshold = threshold
         self.serving: ServingPair | None = None
+        self._threshold_of: tuple[ServingPair | None, float] = (None, 0.0)
+        """The open-set threshold of a served pair, swapped with it (see :meth:`_serve`)."""
         self._follower = ServingFollower(
             Gallery(store, settings.gallery_bucket),
             ServingModels(ModelRegistry(store, settings.models_bucket), settings),
@@ -132,6 +135,7 @@ class FacerankModel(Model):
         self.ready = False
 
     def _serve(self, pair: ServingPair) -> None:
+        self._threshold_of = (pair, self._match_threshold(pair))
         previous, self.serving = self.serving, pair
         if previous is not None and previous.model_version != pair.model_version:
             MODEL_INFO.remove(previous.model_version)
@@ -155,8 +159,10 @@ class FacerankModel(Model):
             pair = self.serving
             if pair is None:
                 raise RuntimeError("predict called before load")
+            served, open_set = self._threshold_of
+            threshold = open_set if served is pair else self._match_threshold(pair)
             loop = asyncio.get_running_loop()
-            rankings = await loop.run_in_executor(None, self._rank, pair, queries)
+            rankings = await loop.run_in_executor(None, self._rank, pair, queries, threshold)
         except InvalidInput as exc:
             REQUESTS.labels(protocol, "invalid").inc()
             note_rejection(exc)
@@ -169,9 +175,11 @@ class FacerankModel(Model):
         FACES.observe(sum(len(r) for r in rankings))
         if v2:
             return v2_response(payload, pair.model_version, rankings)
-        return v1_response(pair.model_version, rankings)
+        return v1_response(pair.model_version, rankings, threshold)
 
-    def _rank(self, pair: ServingPair, queries: list[Query]) -> list[list[FaceRanking]]:
+    def _rank(
+        self, pair: ServingPair, queries: list[Query], threshold: float
+    ) -> list[list[FaceRanking]]:
         """Every face of every image ranked; one embedding batch and one search for all."""
         per_image = []
         for i, query in enumerate(queries):
@@ -182,7 +190,6 @@ class FacerankModel(Model):
             per_image.append(pair.pipeline.analyze(decoded.pixels).faces)
         faces = [face for image_faces in per_image for face in image_faces]
         k = max(query.top_k for query in queries)
-        threshold = self.threshold or pair.pipeline.embedder.match_threshold
         matches = iter(pair.snapshot.search(pair.pipeline.embed(faces), k, threshold))
         return [
             [
@@ -196,6 +203,19 @@ class FacerankModel(Model):
             ]
             for q, image_faces in zip(queries, per_image, strict=True)
         ]
+
+    def _match_threshold(self, pair: ServingPair) -> float:
+        """An explicit threshold, else the model's pair threshold made open-set for this
+        gallery's size (:mod:`facerank.openset`): computed once per served pair."""
+        if self.threshold:
+            return self.threshold
+        vectors, identities = pair.snapshot.sample(MAX_TARGET_FACES)
+        return open_set_threshold(
+            vectors,
+            identities,
+            pair_threshold=pair.pipeline.embedder.match_threshold,
+            target=self.settings.open_set_far,
+        )
 
     # --- request parsing --------------------------------------------------------------------
 
@@ -289,11 +309,16 @@ def _check_count(items: object, where: str) -> None:
 # --- responses --------------------------------------------------------------------------
 
 
-def v1_response(model_version: str, rankings: list[list[FaceRanking]]) -> dict[str, Any]:
+def v1_response(
+    model_version: str, rankings: list[list[FaceRanking]], threshold: float
+) -> dict[str, Any]:
+    """V1 predictions; ``threshold`` is the distance ``match`` was decided at (open-set for
+    this gallery), so clients such as the identify function can group faces at it too."""
     return {
         "predictions": [
             {
                 "model_version": model_version,
+                "threshold": threshold,
                 "faces": [
                     {
                         "box": list(face.box),

@@ -58,6 +58,30 @@ class GallerySnapshot:
         """The ``k`` closest identities to each query row over every segment."""
         return search_all(self.segments, queries, k, threshold)
 
+    def sample(self, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``limit`` indexed faces (all of a smaller gallery, else drawn at random):
+        their unit rows and an identity code per row, shared across segments. What the
+        open-set calibration (:mod:`facerank.openset`) measures, without copying a large
+        gallery's vectors."""
+        total = self.faces
+        rng = np.random.default_rng(seed)
+        wanted = np.arange(total) if total <= limit else np.sort(rng.choice(total, limit, False))
+        vectors, names, start = [], [], 0
+        for segment in self.segments:
+            rows = wanted[(wanted >= start) & (wanted < start + len(segment))] - start
+            start += len(segment)
+            if isinstance(segment, ApproximateSegment):
+                vectors.append(segment.rows.reconstruct_batch(rows.astype(np.int64)))
+                codes = segment.members.codes[rows]
+            else:
+                vectors.append(np.asarray(segment.vectors)[rows])
+                codes = np.searchsorted(segment.starts, rows, side="right") - 1
+            names.extend(segment.names[c] for c in codes.tolist())
+        if not vectors:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        identities = np.unique(np.array(names, dtype=str), return_inverse=True)[1]
+        return np.concatenate(vectors).astype(np.float32, copy=False), identities.reshape(-1)
+
 
 class GalleryRefresher:
     """Follows the index of one model version, producing a snapshot per change.

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.plugins.strict",
     "tests.plugins.order",
     "tests.plugins.faceapi_js",
+    "tests.plugins.webhook",
 ]

@@ -114,4 +114,4 @@ def test_query_without_a_predictor_says_so(astronaut_file: Path, tmp_path: Path)
         "query", str(astronaut_file), "--url", "http://127.0.0.1:9", data_dir=tmp_path, check=False
     )
     assert result.returncode == 2
-    assert "predictor_error: no predictor at http://127.0.0.1:9" in result.stderr
+    assert "predictor_unavailable: no predictor at http://127.0.0.1:9" in result.stderr

@@ -149,7 +149,7 @@ def test_up_killed_with_sigkill_restarts_on_the_same_data_without_loss_or_duplic
     tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
 ) -> None:
     data_dir = tmp_path / "data"
-    names = ("BROKER", "SOURCE", "ENROLL", "PREDICTOR", "WEB", "RETRAIN")
+    names = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "PREDICTOR", "WEB", "RETRAIN")
     env = {f"FACERANK_{name}_PORT": str(free_port()) for name in names}
     env["FACERANK_RECONCILE_INTERVAL"] = "1"
     photos = [encode(astronaut, "JPEG")] + [

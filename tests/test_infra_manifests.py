@@ -343,7 +343,12 @@ def test_minio_announces_object_changes_to_the_source() -> None:
     setup_env = env_of(setup["spec"]["template"]["spec"]["containers"][0], documents)
     assert setup_env["WEBHOOK_ARN"] == "arn:minio:sqs::FACERANK:webhook"
     defaults = Settings()
-    wanted = {defaults.faces_bucket, defaults.gallery_bucket, defaults.models_bucket}
+    wanted = {
+        defaults.faces_bucket,
+        defaults.queries_bucket,
+        defaults.gallery_bucket,
+        defaults.models_bucket,
+    }
     assert set(setup_env["BUCKETS"].split()) == wanted | {DEAD_LETTER_BUCKET}
 
 
@@ -378,6 +383,7 @@ def mounts_of(pod_spec: dict[str, Any], container: dict[str, Any]) -> dict[str, 
 
 SHARED_ACCESS = {
     "Service/facerank-enroll": True,
+    "Service/facerank-identify": True,
     "InferenceService/facerank": True,
     "Service/facerank-retrain": False,
     "PodTemplate/facerank-trainer": False,

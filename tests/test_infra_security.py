@@ -219,7 +219,7 @@ def test_pod_security_is_enforced_in_prod() -> None:
 # --- secrets --------------------------------------------------------------------------------
 
 HASH_SUFFIX = re.compile(r".+-[a-z0-9]{10}")
-MINIO_USERS = ("dead-letter", "enroll", "predictor", "retrain", "source", "web")
+MINIO_USERS = ("dead-letter", "enroll", "identify", "predictor", "retrain", "source", "web")
 """The components with a MinIO user (and Secret s3-<component>) of their own."""
 
 
@@ -231,16 +231,26 @@ def test_secrets_come_only_from_generators(overlay: str) -> None:
         "minio-credentials",
         "facerank-webhook-token",
         "facerank-api-token",
+        "facerank-notify-webhook",
         *(f"s3-{component}" for component in MINIO_USERS),
     }
 
 
-READ_ONLY_USERS = ("predictor", "web")
+READS = {"s3:GetObject", "s3:ListBucket"}
+WRITES_ONLY_UNDER: dict[str, set[str]] = {
+    "predictor": set(),
+    "web": {"arn:aws:s3:::faces/*/named/*", "arn:aws:s3:::gallery/unknown/*"},
+    "identify": {"arn:aws:s3:::queries/results/*", "arn:aws:s3:::gallery/unknown/*"},
+}
+"""Where the query path may write: the predictor nowhere; the web page only what naming an
+unknown group takes (its photos copied under faces/<identity>/named/, the group forgotten);
+identify only its results and the unknown faces it keeps."""
 
 
 @pytest.mark.parametrize("component", MINIO_USERS)
 def test_minio_policies_grant_named_actions_only(component: str) -> None:
-    """No wildcard action, no Deny to reason about, and the query path only reads."""
+    """No wildcard action, no Deny to reason about, and the query path writes only where a
+    feature of its needs to."""
     policy = json.loads((INFRA / "base" / "minio" / "policies" / f"{component}.json").read_text())
     statements = policy["Statement"]
     actions = {a for statement in statements for a in statement["Action"]}
@@ -248,8 +258,14 @@ def test_minio_policies_grant_named_actions_only(component: str) -> None:
     assert not any("*" in action for action in actions), actions
     resources = {r for statement in statements for r in statement["Resource"]}
     assert all(r.startswith("arn:aws:s3:::") and r != "arn:aws:s3:::*" for r in resources)
-    if component in READ_ONLY_USERS:
-        assert actions <= {"s3:GetObject", "s3:ListBucket"}, actions
+    if component in WRITES_ONLY_UNDER:
+        written = {
+            resource
+            for statement in statements
+            if set(statement["Action"]) - READS
+            for resource in statement["Resource"]
+        }
+        assert written <= WRITES_ONLY_UNDER[component], written
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -314,6 +330,7 @@ def test_secret_files_are_never_committed(overlay: str) -> None:
         "minio.env",
         "webhook-token.env",
         "api-token.env",
+        "notify-webhook.env",
         *(f"s3-{component}.env" for component in MINIO_USERS),
     ):
         assert git("check-ignore", "--quiet", f"{secrets}/{name}").returncode == 0, name

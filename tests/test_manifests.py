@@ -24,6 +24,7 @@ from facerank.cehttp import filter_attributes
 from facerank.errors import ConfigError
 from facerank.events import (
     FACE_ENROLLED,
+    FACE_IDENTIFIED,
     FACE_REJECTED,
     MODEL_PROMOTED,
     OBJECT_CREATED,
@@ -58,6 +59,9 @@ def test_real_manifests_parse() -> None:
         "source-on-face-rejected",
         "retrain-on-requested",
         "retrain-on-face-enrolled",
+        "identify-on-object-created",
+        "identify-on-object-deleted",
+        "notify-on-face-identified",
     }
 
 
@@ -353,3 +357,17 @@ def test_real_manifests_match_knative_crd_schemas(document: dict[str, Any]) -> N
 )
 def test_schema_check_rejects_typos(document: dict[str, Any], problem: str) -> None:
     assert any(problem in found for found in schema_problems(document)), schema_problems(document)
+
+
+def test_the_queries_bucket_routes_to_identify_and_identified_photos_to_notify() -> None:
+    """Object events carry their bucket (an extension attribute), which Triggers filter on."""
+    eventing = load_eventing(EVENTING)
+
+    def subscribers(type_: str, **extra: str) -> list[str]:
+        attributes = filter_attributes(event(type_, **extra))
+        return sorted(t.subscriber.name for t in eventing.triggers if t.matches(attributes))
+
+    for type_ in (OBJECT_CREATED, OBJECT_DELETED):
+        assert subscribers(type_, bucket="queries") == ["facerank-enroll", "facerank-identify"]
+        assert subscribers(type_, bucket="faces") == ["facerank-enroll"]
+    assert subscribers(FACE_IDENTIFIED) == ["facerank-notify"]

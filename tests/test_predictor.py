@@ -88,6 +88,8 @@ def server(
         "FACERANK_DATA_DIR": str(data_dir),
         "FACERANK_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
         "FACERANK_GALLERY_REFRESH_S": str(REFRESH_S),
+        # The pair threshold as it is: the open-set calibration has tests of its own.
+        "FACERANK_OPEN_SET_FAR": "0",
     }
     # The same supervisor and readiness check as `facerank up`, so this is the real start-up.
     predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")

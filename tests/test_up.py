@@ -81,7 +81,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_up(data_dir: Path) -> Iterator[Callable[..., Up]]:
-    names = ("BROKER", "SOURCE", "ENROLL", "RETRAIN", "PREDICTOR", "WEB")
+    names = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "RETRAIN", "PREDICTOR", "WEB")
     env = {f"FACERANK_{name}_PORT": str(free_port()) for name in names}
     env["FACERANK_RECONCILE_INTERVAL"] = "1"  # many reconcile passes in a short test
     running: list[Up] = []

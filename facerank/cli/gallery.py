@@ -1,5 +1,5 @@
-"""``facerank gallery ls|rm|reindex``: see who is enrolled, remove a person completely, and
-rebuild the gallery index from the records."""
+"""``facerank gallery ls|rm|mv|reindex``: see who is enrolled, remove a person completely,
+rename or merge one, and rebuild the gallery index from the records."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import argparse
 import sys
 
 from facerank.cli.output import emit_json
-from facerank.errors import InvalidIdentityError
-from facerank.gallery import Gallery, identity_from_key, normalise_identity
+from facerank.gallery import Gallery, normalise_identity
+from facerank.identities import move_identity, photos_of
 from facerank.registry import ModelRegistry
 from facerank.settings import Settings
-from facerank.storage import ObjectStore, open_store
+from facerank.storage import open_store
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +39,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     reindex.add_argument("--rebuild", action="store_true", help="drop the index first")
     reindex.add_argument("--json", action="store_true")
     reindex.set_defaults(handler=run_reindex)
+    mv = commands.add_parser(
+        "mv",
+        help="rename an identity, or merge it into another, by moving its photos",
+        description="Moves the photos of OLD to NEW in the faces bucket; the events of those "
+        "moves enroll them as NEW and remove OLD from the gallery (with `facerank up` or the "
+        "cluster running, or at their next reconcile).",
+    )
+    mv.add_argument("old", metavar="OLD")
+    mv.add_argument("new", metavar="NEW")
+    mv.set_defaults(handler=run_mv)
 
 
 def run_ls(args: argparse.Namespace, settings: Settings) -> int:
@@ -107,17 +117,11 @@ def run_reindex(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def photos_of(store: ObjectStore, bucket: str, identity: str) -> list[str]:
-    """Keys in the faces bucket whose folder normalises to ``identity`` (NFD or NFC alike)."""
-    store.ensure_bucket(bucket)
-    keys = []
-    for info in store.list(bucket):
-        try:
-            if identity_from_key(info.key) == identity:
-                keys.append(info.key)
-        except InvalidIdentityError:
-            continue
-    return keys
+def run_mv(args: argparse.Namespace, settings: Settings) -> int:
+    moved = move_identity(open_store(settings), settings.faces_bucket, args.old, args.new)
+    old, new = normalise_identity(args.old), normalise_identity(args.new)
+    print(f"moved {len(moved)} photo(s) of {old!r} to {new!r}; events update the gallery")
+    return 0
 
 
 def confirm(question: str) -> bool:

@@ -15,11 +15,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from facerank import __version__
-from facerank.cli import detect, embed, eval, gallery, models, query, retrain, up, upload
+from facerank.cli import (
+    detect,
+    embed,
+    eval,
+    gallery,
+    models,
+    query,
+    retrain,
+    unknown,
+    up,
+    upload,
+)
 from facerank.errors import FacerankError
 from facerank.settings import Settings
 
-COMMANDS = (up, query, detect, embed, upload, gallery, models, eval, retrain)
+COMMANDS = (up, query, detect, embed, upload, gallery, unknown, models, eval, retrain)
 
 
 def build_parser() -> argparse.ArgumentParser:

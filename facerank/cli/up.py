@@ -1,9 +1,10 @@
 """``facerank up``: the whole pipeline on this machine, in the foreground.
 
 Each component runs as its own process through the entry point its container image uses, in
-dependency order: the enroll function, the local broker (which delivers to it), the bucket
-event source (which sends to the broker and, at start, reconciles the faces bucket against the
-gallery, so photos dropped while facerank was down are enrolled), and the KServe predictor.
+dependency order: the enroll, identify and notify functions, the local broker (which delivers
+to them), the bucket event source (which sends to the broker and, at start, reconciles the
+faces bucket against the gallery and the queries bucket against its results, so photos dropped
+while facerank was down are handled), and the KServe predictor (which identify asks).
 Ctrl-C stops everything; the next ``facerank up`` continues on the same data.
 """
 
@@ -44,6 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def embedded_components(settings: Settings) -> list[Component]:
     """The processes of the embedded default, in start order, wired like the cluster."""
     enroll = Component("enroll", "functions.enroll", settings.enroll_port)
+    identify = Component("identify", "functions.identify", settings.identify_port)
+    notify = Component("notify", "functions.notify", settings.notify_port)
     # The source and retrain start after the broker (they send to it): no Components yet.
     source_url = loopback_url(settings.source_port)
     retrain_url = loopback_url(settings.retrain_port)
@@ -54,7 +57,8 @@ def embedded_components(settings: Settings) -> list[Component]:
         # The Triggers name Knative Services; locally each name maps to a loopback URL.
         env={
             "FACERANK_BROKER_SUBSCRIBERS": f"facerank-enroll={enroll.url},"
-            f"facerank-source={source_url},facerank-retrain={retrain_url}"
+            f"facerank-source={source_url},facerank-retrain={retrain_url},"
+            f"facerank-identify={identify.url},facerank-notify={notify.url}"
         },
     )
     retrain = Component(
@@ -71,12 +75,18 @@ def embedded_components(settings: Settings) -> list[Component]:
     )
     # After the predictor: the page forwards queries to it (at its settings port, by default).
     web = Component("web", "inference.web", settings.web_port)
-    return [enroll, broker, retrain, source, predictor, web]
+    return [enroll, identify, notify, broker, retrain, source, predictor, web]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
-    for bucket in (settings.faces_bucket, settings.gallery_bucket, settings.models_bucket):
+    buckets = (
+        settings.faces_bucket,
+        settings.queries_bucket,
+        settings.gallery_bucket,
+        settings.models_bucket,
+    )
+    for bucket in buckets:
         store.ensure_bucket(bucket)
     counts = Gallery(store, settings.gallery_bucket).identities()
     faces = sum(counts.values())
@@ -108,6 +118,8 @@ def print_welcome(settings: Settings, components: list[Component]) -> None:
         f"  drop photos into   {settings.buckets_dir / settings.faces_bucket}/<identity>/<file>",
         "  or upload them     facerank upload PATH... (identity folders)",
         "  see who is known   facerank gallery ls",
+        f"  identify photos    {settings.buckets_dir / settings.queries_bucket}/<file> "
+        "(result in results/<file>.json beside it)",
         f"  query a photo      facerank query PHOTO   (or curl {urls['predictor']}"
         "/v1/models/facerank:predict)",
         f"  web page           {urls['web']}",

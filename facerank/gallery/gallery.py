@@ -320,14 +320,13 @@ class Gallery:
         return GalleryMatrix(model_version, face_ids, identities, matrix)
 
     def embedding(self, face: str, model_version: str) -> np.ndarray:
-        data = self.store.get(self.bucket, _embedding_key(face, model_version)).data
-        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+        return vector_from_bytes(
+            self.store.get(self.bucket, _embedding_key(face, model_version)).data
+        )
 
     def crop(self, face: str) -> np.ndarray:
         """The stored crop of ``face`` as RGB, laid out as ``GALLERY_CROP_256``."""
-        data = self.store.get(self.bucket, f"{FACES}{face}/{CROP_NAME}").data
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return crop_from_png(self.store.get(self.bucket, f"{FACES}{face}/{CROP_NAME}").data)
 
     def face_keys(self, face: str) -> list[str]:
         """Every object stored for one face (its crop and each model's embedding)."""
@@ -350,21 +349,15 @@ class Gallery:
                 self.store.delete(self.bucket, key)
 
     def _put_crop(self, face: str, crop: np.ndarray) -> None:
-        if crop.shape != (GALLERY_CROP_256.size, GALLERY_CROP_256.size, 3):
-            raise ValueError(f"crop must be laid out as GALLERY_CROP_256, got {crop.shape}")
-        ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError("PNG encoding of a face crop failed")
         self.store.put(
-            self.bucket, f"{FACES}{face}/{CROP_NAME}", png.tobytes(), content_type="image/png"
+            self.bucket, f"{FACES}{face}/{CROP_NAME}", crop_png(crop), content_type="image/png"
         )
 
     def _put_embedding(self, face: str, model_version: str, vector: np.ndarray) -> None:
-        data = np.ascontiguousarray(vector, dtype="<f4").tobytes()
         self.store.put(
             self.bucket,
             _embedding_key(face, model_version),
-            data,
+            vector_bytes(vector),
             metadata={"model-version": model_version, "dim": str(len(vector))},
             durable=False,  # re-created from the crop by re-embedding
         )
@@ -388,6 +381,31 @@ def _segment(record: SourceRecord, vectors: np.ndarray) -> Segment:
     """The index rows of one record's faces."""
     ids = [f.face_id for f in record.faces]
     return Segment.build(ids, [record.identity] * len(ids), vectors)
+
+
+def crop_png(crop: np.ndarray) -> bytes:
+    """A face crop (RGB, ``GALLERY_CROP_256`` layout) as the PNG bytes stored for it."""
+    if crop.shape != (GALLERY_CROP_256.size, GALLERY_CROP_256.size, 3):
+        raise ValueError(f"crop must be laid out as GALLERY_CROP_256, got {crop.shape}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding of a face crop failed")
+    return png.tobytes()
+
+
+def crop_from_png(data: bytes) -> np.ndarray:
+    """A stored crop's PNG bytes as RGB."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    """An embedding as stored: float32 little-endian."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def vector_from_bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
 def record_key(identity: str, source: str) -> str:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask
 
 from functions.enroll.handler import EnrollHandler
-from functions.runtime import (
-    cloudevent_response,
-    create_function_app,
-    empty_response,
-    read_cloudevent,
-)
+from functions.runtime import create_event_app
 
 
 def create_app(handler: EnrollHandler) -> Flask:
@@ -19,13 +14,4 @@ def create_app(handler: EnrollHandler) -> Flask:
     The reply comes only after the gallery writes returned, i.e. once they are durable. A
     retryable failure (store unavailable) raises and becomes a 503, so the broker retries.
     """
-    app = create_function_app("facerank-enroll")
-
-    @app.post("/")
-    def receive() -> Response:
-        outcome = handler.handle(read_cloudevent(request))
-        if outcome.reply is None:
-            return empty_response()
-        return cloudevent_response(outcome.reply)
-
-    return app
+    return create_event_app("facerank-enroll", lambda event: handler.handle(event).reply)

@@ -19,30 +19,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from cloudevents.http import CloudEvent
 
-from facerank.cehttp import json_data
 from facerank.embedding import Embedder
 from facerank.errors import (
-    FaceTooSmallError,
-    InvalidEventError,
     InvalidIdentityError,
     InvalidImageError,
-    InvalidKeyError,
     NoFaceError,
     ObjectNotFoundError,
 )
 from facerank.events import (
     FACE_ENROLLED,
-    FACE_REJECTED,
     FACE_REMOVED,
     OBJECT_CREATED,
-    OBJECT_DELETED,
     ObjectChangeData,
     describe,
     reply_event,
@@ -52,38 +45,26 @@ from facerank.gallery import EnrolledFace, Gallery, SourceRecord, face_id, ident
 from facerank.pipeline import (
     Face,
     FacePipeline,
+    NoFaceExplainer,
     alignment_from_settings,
     detector_from_settings,
     image_limits,
 )
 from facerank.registry import ActivePointer, ModelRegistry, ServingModels
-from facerank.reindex import add_version, embed_crops
+from facerank.reindex import add_version, embed_served
 from facerank.settings import EnrollFaces, Settings
 from facerank.storage import ObjectStore, StoredObject
-from facerank.storage.keys import check_key
+from functions.objects import Outcome, object_change, rejection
 
 log = logging.getLogger(__name__)
 
 REPLY_SOURCE = "facerank/enroll"
-SMALLEST_DETECTABLE = 24
-"""Below this no detector sees faces at all (Haar's window), so none can be "too small"."""
-
-Verdict = Literal["enrolled", "rejected", "removed", "skipped"]
-
 COMPLETION_ATTEMPTS = 5
 """Rounds of reading a record and adding one missing model version to it (a switch serves two
 versions at most) before leaving it to re-indexing."""
 
 REJECTIONS = (InvalidImageError, NoFaceError)
 """Errors that are the photo's fault: answered with a rejection, never retried."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    verdict: Verdict
-    reason: str
-    reply: CloudEvent | None = None
-    """The CloudEvent to answer with; None for an empty 202."""
 
 
 class EnrollHandler:
@@ -102,24 +83,13 @@ class EnrollHandler:
         self.models = models
         self.detector = detector_from_settings(settings)
         self.align_mode, self.locator = alignment_from_settings(settings)
-        self._small_face_probe = detector_from_settings(
-            settings, min_face_size=SMALLEST_DETECTABLE, max_faces=1
-        )
+        self._no_face = NoFaceExplainer(settings)
 
     def handle(self, event: CloudEvent) -> Outcome:
         """Decide and apply; retryable store failures propagate as :class:`FacerankError`."""
-        if event["type"] not in (OBJECT_CREATED, OBJECT_DELETED):
-            return Outcome("skipped", f"not an object event: {event['type']}")
-        try:
-            data = ObjectChangeData.from_json(json_data(event))
-        except (ValueError, InvalidEventError) as exc:
-            return self._reject(event, {}, "bad_event", str(exc))
-        if data.bucket != self.settings.faces_bucket:
-            return Outcome("skipped", f"bucket {data.bucket!r} is not the faces bucket")
-        try:
-            check_key(data.key)
-        except InvalidKeyError as exc:
-            return self._reject(event, {"bucket": data.bucket}, exc.code, str(exc))
+        data = object_change(event, self.settings.faces_bucket, source=REPLY_SOURCE)
+        if isinstance(data, Outcome):
+            return data
         outcome = (
             self._created(event, data)
             if event["type"] == OBJECT_CREATED
@@ -199,15 +169,10 @@ class EnrollHandler:
         pixels = pipeline.decode(stored.data).pixels
         faces = pipeline.analyze(pixels).faces
         if not faces:
-            raise self._why_no_face(pixels)
+            raise self._no_face.explain(pixels)
         chosen = select_faces(faces, self.settings.enroll_faces)
         crops = [pipeline.align(pixels, f, GALLERY_CROP_256).chip for f in chosen]
-        embeddings = {
-            version: pipeline.embed(chosen)
-            if embedder is pipeline.embedder
-            else embed_crops(embedder, crops)
-            for version, embedder in embedders.items()
-        }
+        embeddings = embed_served(pipeline, chosen, crops, embedders)
         record = SourceRecord(
             identity=identity,
             bucket=info.bucket,
@@ -227,18 +192,6 @@ class EnrollHandler:
             ),
         )
         return record, crops, embeddings
-
-    def _why_no_face(self, pixels: np.ndarray) -> NoFaceError:
-        """Tell "no face at all" from "faces, but all below the minimum size"."""
-        height, width = pixels.shape[:2]
-        small = self._small_face_probe.detect(pixels)
-        if small:
-            side = small[0].box[2]
-            return FaceTooSmallError(
-                f"the largest face is {side}px wide, below the minimum of "
-                f"{self.settings.min_face_size}px"
-            )
-        return NoFaceError(f"no face found in the {width}x{height} image")
 
     def _changed_since(self, data: ObjectChangeData, etag: str) -> bool:
         """Re-check the object just before committing, to narrow the window for races."""
@@ -288,10 +241,7 @@ class EnrollHandler:
         )
 
     def _reject(self, event: CloudEvent, where: dict[str, Any], code: str, message: str) -> Outcome:
-        data = {**where, "reason": code, "message": message}
-        return Outcome(
-            "rejected", code, reply_event(FACE_REJECTED, event, data, source=REPLY_SOURCE)
-        )
+        return rejection(event, where, code, message, source=REPLY_SOURCE)
 
 
 def build_handler(settings: Settings, store: ObjectStore) -> EnrollHandler:

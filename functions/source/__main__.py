@@ -18,6 +18,7 @@ from contextlib import ExitStack
 
 from facerank.errors import ConfigError, FacerankError
 from facerank.gallery import Gallery
+from facerank.queries import QueryResults
 from facerank.serving import listen_host, listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import FolderStore, ObjectStore, open_store
@@ -61,24 +62,36 @@ def main() -> int:
 
 
 def run(settings: Settings, emitter: Emitter) -> None:
-    """Run every feed until SIGTERM/SIGINT. The watcher starts before the first reconcile
-    pass, so nothing dropped during startup can fall between the two."""
+    """Run every feed until SIGTERM/SIGINT. The watchers start before the first reconcile
+    passes, so nothing dropped during startup can fall between the two.
+
+    Two buckets are fed alike: the faces bucket, reconciled against the gallery, and the
+    queries bucket, reconciled against the results the identify function wrote.
+    """
     store = open_store(settings)
     gallery = Gallery(store, settings.gallery_bucket)
+    results = QueryResults(store, settings.queries_bucket)
     stop = threading.Event()
-    rejected = RejectedVersions()  # filled by the app, read by the reconcile thread
+    rejected = RejectedVersions()  # filled by the app, read by the faces' reconcile thread
     with ExitStack() as cleanup:
-        _start_watcher(store, gallery, emitter, cleanup)
-        thread = threading.Thread(
-            target=Reconciler(store, gallery, emitter, rejected).run_periodically,
-            args=(settings.reconcile_interval, stop),
-            name="facerank-reconcile",
-            daemon=True,
-        )
-        thread.start()
-        cleanup.callback(thread.join, _JOIN_TIMEOUT_S)
-        cleanup.callback(stop.set)  # last in, first out: the thread is told before it is joined
-        log.info("sending events for bucket %r to %s", emitter.bucket, emitter.sink)
+        feeds = {
+            settings.faces_bucket: Reconciler(store, gallery, emitter, rejected),
+            settings.queries_bucket: Reconciler(
+                store, gallery, emitter, bucket=settings.queries_bucket, processed=results.processed
+            ),
+        }
+        for bucket, reconciler in feeds.items():
+            _start_watcher(store, gallery, emitter, reconciler, cleanup)
+            thread = threading.Thread(
+                target=reconciler.run_periodically,
+                args=(settings.reconcile_interval, stop),
+                name=f"facerank-reconcile-{bucket}",
+                daemon=True,
+            )
+            thread.start()
+            cleanup.callback(thread.join, _JOIN_TIMEOUT_S)
+        cleanup.callback(stop.set)  # last in, first out: threads are told before they are joined
+        log.info("sending events for buckets %s to %s", " and ".join(feeds), emitter.sink)
         serve(
             create_app(settings, emitter, rejected),
             host=listen_host(HOST_ENV),
@@ -88,12 +101,19 @@ def run(settings: Settings, emitter: Emitter) -> None:
 
 
 def _start_watcher(
-    store: ObjectStore, gallery: Gallery, emitter: Emitter, cleanup: ExitStack
+    store: ObjectStore,
+    gallery: Gallery,
+    emitter: Emitter,
+    reconciler: Reconciler,
+    cleanup: ExitStack,
 ) -> None:
-    """Watch the faces folder (folder store only); without inotify, reconcile alone remains."""
+    """Watch a bucket's folder (folder store only); without inotify, reconcile alone remains."""
     if not isinstance(store, FolderStore):
         return
-    watcher = FolderWatcher(store, gallery, emitter)
+    store.ensure_bucket(reconciler.bucket)
+    watcher = FolderWatcher(
+        store, gallery, emitter, bucket=reconciler.bucket, processed=reconciler.processed
+    )
     try:
         watcher.start()
     except WatcherUnavailableError as exc:

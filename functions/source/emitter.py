@@ -2,9 +2,10 @@
 
 Every feed (MinIO webhook, SNS, folder watcher, reconcile) hands its changes to one
 :class:`Emitter`, so the rules about what is worth forwarding live in one place: only the
-faces bucket matters, keys no store would accept are refused here rather than forwarded as
-junk, and names that are never photos (dotfiles, editor swap files, partial downloads) are
-skipped by every feed alike, so reconcile does not resurrect what the watcher ignored.
+watched buckets (faces and queries) matter, keys no store would accept are refused here
+rather than forwarded as junk, and names that are never photos (dotfiles, editor swap
+files, partial downloads, the identify function's results) are skipped by every feed
+alike, so reconcile does not resurrect what the watcher ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from facerank.events import (
     object_event,
     send_event,
 )
+from facerank.queries import is_result_key
 from facerank.settings import Settings
 from facerank.storage.keys import check_key, shown
 
@@ -106,10 +108,12 @@ def is_junk_name(key: str) -> bool:
 
 
 class Emitter:
-    """Posts object.created / object.deleted events for changes in the faces bucket.
+    """Posts object.created / object.deleted events for changes in the watched buckets.
 
-    Thread-safe: it keeps no state between calls, so the HTTP handlers, the watcher and the
-    reconcile thread share one instance.
+    The watched buckets are the faces bucket (``bucket``) and the queries bucket, whose
+    ``results/`` are the identify function's own writes and never photos. Thread-safe: it
+    keeps no state between calls, so the HTTP handlers, the watchers and the reconcile
+    threads share one instance.
     """
 
     def __init__(
@@ -117,7 +121,11 @@ class Emitter:
     ) -> None:
         self.sink = sink
         self.bucket = settings.faces_bucket
-        self._source = bucket_source(settings, settings.faces_bucket)
+        self.queries_bucket = settings.queries_bucket
+        self._sources = {
+            bucket: bucket_source(settings, bucket)
+            for bucket in (settings.faces_bucket, settings.queries_bucket)
+        }
         self._attempts = attempts
         self._backoff = backoff
         # The sink may be a facerank function itself (no broker between): present the token.
@@ -128,9 +136,11 @@ class Emitter:
 
         Callers that must do I/O to describe a change (the watcher stats the file) ask first.
         """
-        if bucket != self.bucket:
+        if bucket not in self._sources:
             log.debug(
-                "ignoring change in bucket %s (only %s is watched)", shown(bucket), self.bucket
+                "ignoring change in bucket %s (only %s are watched)",
+                shown(bucket),
+                " and ".join(self._sources),
             )
             return Outcome.IGNORED
         try:
@@ -138,8 +148,8 @@ class Emitter:
         except InvalidKeyError as exc:
             log.warning("rejected change: %s", exc)
             return Outcome.REJECTED
-        if is_junk_name(key):
-            log.debug("ignoring change of %s: not a photo name", shown(key))
+        if is_junk_name(key) or (bucket == self.queries_bucket and is_result_key(key)):
+            log.debug("ignoring change of %s: not a photo", shown(key))
             return Outcome.IGNORED
         return None
 
@@ -148,7 +158,7 @@ class Emitter:
         refused = self.screen(change.data.bucket, change.data.key)
         if refused is not None:
             return refused
-        event = object_event(change.kind, self._source, change.data)
+        event = object_event(change.kind, self._sources[change.data.bucket], change.data)
         send_event(
             self.sink, event, attempts=self._attempts, backoff=self._backoff, headers=self._headers
         )

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from facerank.errors import BucketNotFoundError, FacerankError
@@ -59,8 +59,14 @@ class ReconcileReport:
         )
 
 
+Processed = Callable[[], Mapping[str, str]]
+"""``key -> etag`` of the photos of a bucket its consumer has handled: the gallery's records
+for the faces bucket, the results for the queries bucket."""
+
+
 class Reconciler:
-    """One reconcile pass at a time over ``emitter.bucket`` against a gallery."""
+    """One reconcile pass at a time over one bucket (``emitter.bucket``, the faces bucket, by
+    default) against what its consumer has handled (``processed``: by default the gallery)."""
 
     def __init__(
         self,
@@ -68,11 +74,18 @@ class Reconciler:
         gallery: Gallery,
         emitter: Emitter,
         rejected: RejectedVersions | None = None,
+        *,
+        bucket: str | None = None,
+        processed: Processed | None = None,
     ) -> None:
         self.store = store
         self.gallery = gallery
         self.emitter = emitter
         self.rejected = rejected if rejected is not None else RejectedVersions()
+        self.bucket = bucket or emitter.bucket
+        self.processed = processed or (lambda: enrolled_photos(gallery, self.bucket))
+        self._sweeps_gallery = processed is None
+        """The gallery's orphans are swept by the pass that reconciles the gallery."""
         self._next_sweep = 0.0
 
     def run_once(self) -> ReconcileReport:
@@ -80,13 +93,13 @@ class Reconciler:
         store or sink failures, which are logged and reported so the next pass retries."""
         started = time.monotonic()
         try:
-            objects = list(self.store.list(self.emitter.bucket))
-            enrolled = enrolled_photos(self.gallery, self.emitter.bucket)
+            objects = list(self.store.list(self.bucket))
+            enrolled = self.processed()
         except FacerankError as exc:
             log.warning("reconcile pass skipped: %s", exc)
             return ReconcileReport(errors=1)
         fresh = [o for o in objects if (o.key, o.etag) not in self.rejected]
-        changes = plan(fresh, enrolled, self.emitter.bucket, present=objects)
+        changes = plan(fresh, enrolled, self.bucket, present=objects)
         report = self._emit(changes, len(objects), enrolled)
         repaired, orphans = self._sweep()
         report = dataclasses.replace(
@@ -95,13 +108,18 @@ class Reconciler:
             orphans_collected=orphans,
             index_repaired=repaired,
         )
-        log.info("reconcile pass: %s (%.2f s)", report.summary(), time.monotonic() - started)
+        log.info(
+            "reconcile pass: bucket %s: %s (%.2f s)",
+            self.bucket,
+            report.summary(),
+            time.monotonic() - started,
+        )
         return report
 
     def _sweep(self) -> tuple[int, int]:
         """When the hourly sweep is due: repair index drift, then collect crash leftovers
         (rows repaired, objects collected); failures wait for the next sweep."""
-        if time.monotonic() < self._next_sweep:
+        if not self._sweeps_gallery or time.monotonic() < self._next_sweep:
             return 0, 0
         self._next_sweep = time.monotonic() + ORPHAN_SWEEP_S
         try:

@@ -54,7 +54,7 @@ from facerank.events import DeliveryError
 from facerank.gallery import Gallery
 from facerank.storage import FolderStore
 from functions.source.emitter import Change, Emitter, is_junk_name
-from functions.source.reconcile import enrolled_photos
+from functions.source.reconcile import Processed, enrolled_photos
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,17 @@ class WatcherUnavailableError(FacerankError):
 class FolderWatcher:
     """Emits changes of the faces bucket folder while started; a context manager."""
 
-    def __init__(self, store: FolderStore, gallery: Gallery, emitter: Emitter) -> None:
+    def __init__(
+        self,
+        store: FolderStore,
+        gallery: Gallery,
+        emitter: Emitter,
+        *,
+        bucket: str | None = None,
+        processed: Processed | None = None,
+    ) -> None:
         self._store = store
-        self._handler = ChangeHandler(store, gallery, emitter)
+        self._handler = ChangeHandler(store, gallery, emitter, bucket=bucket, processed=processed)
         self._observer: BaseObserver | None = None
 
     def start(self) -> None:
@@ -120,12 +128,22 @@ class FolderWatcher:
 class ChangeHandler(FileSystemEventHandler):
     """Translates file-system events under the bucket folder into emitted changes."""
 
-    def __init__(self, store: FolderStore, gallery: Gallery, emitter: Emitter) -> None:
-        self.bucket = emitter.bucket
+    def __init__(
+        self,
+        store: FolderStore,
+        gallery: Gallery,
+        emitter: Emitter,
+        *,
+        bucket: str | None = None,
+        processed: Processed | None = None,
+    ) -> None:
+        """``bucket`` (default: the faces bucket) is watched; ``processed`` (default: what
+        the gallery enrolled) names the photos a folder moved out of it took along."""
+        self.bucket = bucket or emitter.bucket
         self.root = (store.root / self.bucket).resolve()
         """Resolved: the bucket folder may be a symlink, and inotify does not follow one."""
         self._store = store
-        self._gallery = gallery
+        self._processed = processed or (lambda: enrolled_photos(gallery, self.bucket))
         self._emitter = emitter
         self._recent = RecentReports(_DUPLICATE_WINDOW_S)
 
@@ -160,8 +178,7 @@ class ChangeHandler(FileSystemEventHandler):
     def _folder_moved(self, source: str | None, dest: str | None) -> Iterator[Change]:
         """Only moves across the tree's edge: inside it, watchdog reports each file moved."""
         if source is not None and dest is None:
-            enrolled = enrolled_photos(self._gallery, self.bucket)
-            for key in sorted(enrolled):
+            for key in sorted(self._processed()):
                 if key.startswith(f"{source}/"):
                     yield from self._deleted(key)
         elif dest is not None and source is None:

@@ -8,14 +8,11 @@ Port from ``PORT`` (what Knative injects) else ``FACERANK_WEB_PORT``; the predic
 from __future__ import annotations
 
 import logging
-import os
 
-from facerank.serving import listen_host, listen_port, loopback_url, serve
+from facerank.serving import listen_host, listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from inference.web.app import create_app
-
-PREDICTOR_URL_ENV = "FACERANK_PREDICTOR_URL"
 
 
 def main() -> None:
@@ -23,8 +20,7 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s web %(levelname)s %(message)s"
     )
-    predictor_url = os.environ.get(PREDICTOR_URL_ENV) or loopback_url(settings.predictor_port)
-    app = create_app(settings, open_store(settings), predictor_url)
+    app = create_app(settings, open_store(settings), settings.predictor_base_url)
     serve(
         app,
         host=listen_host(),

@@ -1,4 +1,4 @@
-"""The web page's Flask app: one query page, the identity listing, face crops, a JSON API.
+"""The web page's Flask app: the query page, identities, unknown groups to name, crops, an API.
 
 Why the browser never calls the predictor itself: ``POST /api/query`` forwards the photo to the
 predictor's V1 endpoint server-side, so there is one origin (no CORS), the predictor's address
@@ -22,16 +22,28 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
-import cv2
-from flask import Flask, Request, Response, abort, jsonify, render_template, request, url_for
+from flask import (
+    Flask,
+    Request,
+    Response,
+    abort,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from facerank.auth import authorization_header
+from facerank.auth import authorization_header, is_authorized
 from facerank.errors import BucketNotFoundError, InvalidIdentityError, ObjectNotFoundError
-from facerank.gallery import Gallery
+from facerank.gallery import Gallery, normalise_identity
+from facerank.gallery.gallery import crop_png
+from facerank.identities import name_group
 from facerank.registry import ModelRegistry
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
+from facerank.unknown import UnknownFaces, UnknownGroupNotFoundError, listing
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +88,7 @@ def create_app(
         raise ValueError(f"predictor URL must be http(s), not {predictor_url!r}")
     predict_url = predictor_url.rstrip("/") + "/v1/models/facerank:predict"
     gallery = Gallery(store, settings.gallery_bucket)
+    unknown = UnknownFaces(store, settings.gallery_bucket)
     registry = ModelRegistry(store, settings.models_bucket)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes + MULTIPART_OVERHEAD
@@ -137,13 +150,52 @@ def create_app(
             pixels = gallery.crop(face_id)
         except NOTHING_ENROLLED:
             abort(404)
-        ok, png = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError(f"PNG encoding of face {face_id} failed")
-        response = Response(png.tobytes(), mimetype="image/png")
-        response.headers["Cache-Control"] = CROP_CACHE
-        response.set_etag(face_id)
-        return response.make_conditional(request)
+        return _png_response(pixels, face_id)
+
+    @app.get("/unknown")
+    def unknown_groups() -> str:
+        try:
+            groups = listing(unknown)["groups"]
+        except NOTHING_ENROLLED:
+            groups = []
+        return render_template(
+            "unknown.html",
+            groups=groups,
+            needs_token=bool(settings.api_token),
+            named=request.args.get("named", ""),
+            identity=request.args.get("as", ""),
+        )
+
+    @app.post("/unknown/<group>/name")
+    def name_unknown(group: str) -> Response | tuple[str, int]:
+        """Name a group: its photos are copied into the faces bucket and enroll by events.
+
+        This writes to the faces bucket, so with an API token set the form must carry it
+        (compared in constant time); the page never holds it, the person types it.
+        """
+        if settings.api_token and not is_authorized(
+            settings.api_token, f"Bearer {request.form.get('token', '')}"
+        ):
+            return _naming_refused(403, "The API token is missing or wrong.")
+        name = request.form.get("identity", "")
+        try:
+            name_group(store, settings.faces_bucket, unknown, group, name)
+        except InvalidIdentityError as exc:
+            return _naming_refused(400, str(exc))
+        except UnknownGroupNotFoundError:
+            abort(404)
+        identity = normalise_identity(name)
+        return redirect(url_for("unknown_groups", named=group, **{"as": identity}), code=303)
+
+    @app.get("/unknown/faces/<face_id>/crop.png")
+    def unknown_crop(face_id: str) -> Response:
+        if not FACE_ID.fullmatch(face_id):
+            abort(404)
+        try:
+            pixels = unknown.crop(face_id)
+        except NOTHING_ENROLLED:
+            abort(404)
+        return _png_response(pixels, face_id)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
@@ -155,6 +207,18 @@ def create_app(
         return render_template("error.html", status=status, title=exc.name), status
 
     return app
+
+
+def _png_response(pixels: Any, face_id: str) -> Response:
+    """A face crop as PNG, cached for good: a face id names one photo version's face."""
+    response = Response(crop_png(pixels), mimetype="image/png")
+    response.headers["Cache-Control"] = CROP_CACHE
+    response.set_etag(face_id)
+    return response.make_conditional(request)
+
+
+def _naming_refused(status: int, message: str) -> tuple[str, int]:
+    return render_template("error.html", status=status, title=message), status
 
 
 def _uploaded_image(req: Request, max_bytes: int, limit: str) -> bytes:

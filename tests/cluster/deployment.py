@@ -43,9 +43,18 @@ from tests.plugins.kube_api import FakeKubernetes
 ROOT = Path(__file__).resolve().parent.parent.parent
 READY_S = 120.0
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
-START_ORDER = ("facerank-dead-letter", "facerank-enroll", "facerank-retrain", "facerank-source")
+START_ORDER = (
+    "facerank-dead-letter",
+    "facerank-enroll",
+    "facerank-identify",
+    "facerank-notify",
+    "facerank-retrain",
+    "facerank-source",
+)
 """Knative Services first (the predictor and the web page last: the web page calls the
-predictor, and the source's first reconcile sends events to enroll)."""
+predictor), the source after every function its first reconcile sends events to; enroll before
+identify, whose start reads the model pointer enroll's start creates (identify may only read
+the models bucket)."""
 
 
 def find(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The overlay a harness test runs: ``infra/overlays/<name>`` as ``kubectl kustomize`` renders
-it, through one more kustomize layer that sizes training runs for a test (one epoch of four
-steps, a small backbone from scratch) the way an operator would, by merging literals into the
-``facerank-env`` ConfigMap. Nothing else is changed; the layer is printed by :data:`SIZING`.
+it, through one more kustomize layer that does what an operator would: size training runs for
+a test (one epoch of four steps, a small backbone from scratch) by merging literals into the
+``facerank-env`` ConfigMap (:data:`SIZING`), and point the notify function at the test's chat
+webhook by replacing the ``facerank-notify-webhook`` Secret (the dev example's URL points
+nowhere, and prod's is empty until the operator pastes theirs). Nothing else is changed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ SIZING = (
 )
 
 
-def render(overlay: str) -> list[dict[str, Any]]:
+def render(overlay: str, notify_webhook: str) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="facerank-harness-") as work:
         infra = prepare_copy(Path(work))
         layer = infra / "overlays" / f"harness-{overlay}"
@@ -32,6 +34,13 @@ def render(overlay: str) -> list[dict[str, Any]]:
             "resources": [f"../{overlay}"],
             "configMapGenerator": [
                 {"name": "facerank-env", "behavior": "merge", "literals": list(SIZING)}
+            ],
+            "secretGenerator": [
+                {
+                    "name": "facerank-notify-webhook",
+                    "behavior": "replace",
+                    "literals": [f"url={notify_webhook}"],
+                }
             ],
         }
         (layer / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")

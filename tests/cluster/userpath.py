@@ -1,22 +1,28 @@
 """The user's path through a running overlay, as the README's "Deploy to a cluster" walks it:
 upload photos with the S3 API, let MinIO's webhook announce them, query the predictor with
 ``facerank query --url`` and with the README's ``curl`` (bearer token included), query through
-the web page, and retrain with two workers to a decision. Shared by the dev and prod tests.
+the web page, drop photos into the queries bucket and read the results the identify function
+writes beside them, name an unknown group on the web page, and retrain with two workers to a
+decision. Shared by the dev and prod tests.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import requests
 
 from facerank.gallery import Gallery
+from facerank.queries import result_key
 from facerank.storage import S3Store
 from tests.cluster.deployment import Deployment
 from tests.plugins.cli import run_facerank
@@ -28,6 +34,10 @@ MINIO = f"http://minio.{NAMESPACE}.svc.cluster.local:9000"
 PREDICTOR = f"http://facerank-predictor-direct.{NAMESPACE}.svc.cluster.local:8080"
 WEB = f"http://facerank-web.{NAMESPACE}.svc.cluster.local"
 BROKER = f"http://broker-ingress.knative-eventing.svc.cluster.local/{NAMESPACE}/facerank"
+QUERIES = "queries"
+T = TypeVar("T")
+EVENTS_S = 120.0
+"""How long an event's effect (an enrollment, a result) may take to show."""
 
 
 def s3_env(deployment: Deployment) -> dict[str, str]:
@@ -50,26 +60,78 @@ def write_photos(folder: Path, lfw_faces: np.ndarray) -> Path:
     return folder
 
 
-def upload_and_enroll(deployment: Deployment, photos: Path, work: Path) -> None:
-    """``facerank upload`` to MinIO; MinIO's webhook -> source -> Broker -> enroll."""
+def s3_store(deployment: Deployment) -> S3Store:
+    """MinIO as the user reaches it, with the root credentials the README has them use."""
     env = s3_env(deployment)
-    folders = sorted(str(p) for p in photos.iterdir())
-    run_facerank("upload", *folders, data_dir=work, env=env)
-    assert deployment.minio is not None
-    deployment.minio.drain()
-    store = S3Store(
+    return S3Store(
         env["FACERANK_S3_ENDPOINT"], env["FACERANK_S3_ACCESS_KEY"], env["FACERANK_S3_SECRET_KEY"]
     )
-    gallery = Gallery(store, "gallery")
-    expected = {f"p{p}": PHOTOS for p in DETECTABLE_FACES}
-    end = time.monotonic() + 120
+
+
+def wait_until(deployment: Deployment, probe: Callable[[], T], what: str) -> T:
+    """``probe()`` once it is truthy, checking meanwhile that nothing in the deployment failed;
+    fails after :data:`EVENTS_S` naming ``what`` and the last value seen."""
+    end = time.monotonic() + EVENTS_S
     while True:
         deployment.assert_healthy()
-        counts = gallery.identities()
-        if counts == expected:
-            return
-        assert time.monotonic() < end, f"enrolled {counts}, expected {expected}"
-        time.sleep(0.5)
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < end, f"timed out waiting for {what} (last: {value!r})"
+        time.sleep(0.2)
+
+
+def upload_and_enroll(deployment: Deployment, photos: Path, work: Path) -> None:
+    """``facerank upload`` to MinIO; MinIO's webhook -> source -> Broker -> enroll; then until
+    the predictor serves every enrolled face (it follows the gallery every few seconds)."""
+    folders = sorted(str(p) for p in photos.iterdir())
+    run_facerank("upload", *folders, data_dir=work, env=s3_env(deployment))
+    assert deployment.minio is not None
+    deployment.minio.drain()
+    gallery = Gallery(s3_store(deployment), "gallery")
+    expected = {f"p{p}": PHOTOS for p in DETECTABLE_FACES}
+    wait_until(deployment, lambda: gallery.identities() == expected, f"enrollment of {expected}")
+    faces = len(DETECTABLE_FACES) * PHOTOS
+    wait_until(deployment, lambda: served_faces(deployment) >= faces, f"{faces} served faces")
+
+
+def served_faces(deployment: Deployment) -> int:
+    """The predictor's ``facerank_gallery_faces`` gauge (its ``/metrics``, open by design)."""
+    metrics = requests.get(deployment.url(PREDICTOR) + "/metrics", timeout=30)
+    assert metrics.status_code == 200, metrics.text
+    found = re.search(r"^facerank_gallery_faces (\S+)$", metrics.text, re.MULTILINE)
+    return int(float(found[1])) if found else 0
+
+
+def identify(deployment: Deployment, photos: Mapping[str, bytes]) -> dict[str, dict]:
+    """Put ``photos`` (key -> bytes) into the queries bucket with the S3 API, as the README's
+    ``mc cp`` does; MinIO's webhook -> source -> Broker -> identify, which ranks them through
+    the predictor and writes ``results/<key>.json`` beside each. The results, by key."""
+    store = s3_store(deployment)
+    for key, data in photos.items():
+        store.put(QUERIES, key, data, content_type="image/jpeg")
+    assert deployment.minio is not None
+    deployment.minio.drain()
+
+    def results() -> dict[str, dict]:
+        keys = [result_key(key) for key in photos]
+        if not all(store.exists(QUERIES, key) for key in keys):
+            return {}
+        return {key: json.loads(store.get(QUERIES, result_key(key)).data) for key in photos}
+
+    return wait_until(deployment, results, f"results of {sorted(photos)}")
+
+
+def delete_queries(deployment: Deployment, keys: list[str]) -> None:
+    """Delete query photos with the S3 API; until the identify function deleted their results."""
+    store = s3_store(deployment)
+    for key in keys:
+        store.delete(QUERIES, key)
+
+    def gone() -> bool:
+        return not any(store.exists(QUERIES, result_key(key)) for key in keys)
+
+    wait_until(deployment, gone, f"the results of {keys} to go")
 
 
 def query_cli(deployment: Deployment, photo: Path, work: Path) -> dict:
@@ -126,6 +188,27 @@ def query_web(deployment: Deployment, photo: Path) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def name_unknown_face(deployment: Deployment, face_id: str, identity: str) -> str:
+    """Name the group of unknown face ``face_id`` on the web page, as a person does: find the
+    group showing its crop, type a name and the API token into its form. The group's name."""
+    web = deployment.url(WEB)
+    page = requests.get(f"{web}/unknown", timeout=60)
+    assert page.status_code == 200, page.text
+    groups = re.findall(r'<li data-testid="group-(\w+)">(.*?)</li>', page.text, re.DOTALL)
+    [group] = [g for g, html in groups if f"/unknown/faces/{face_id}/crop.png" in html]
+    crop = requests.get(f"{web}/unknown/faces/{face_id}/crop.png", timeout=60)
+    assert crop.status_code == 200, crop.text
+    assert crop.headers["Content-Type"] == "image/png"
+    named = requests.post(
+        f"{web}/unknown/{group}/name",
+        data={"identity": identity, "token": deployment.secret("facerank-api-token", "token")},
+        allow_redirects=False,
+        timeout=60,
+    )
+    assert named.status_code == 303, named.text
+    return group
 
 
 def top_identity(prediction: dict) -> str:

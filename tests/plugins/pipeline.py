@@ -91,6 +91,8 @@ def running_pipeline(
         "facerank-enroll": urls["enroll"],
         "facerank-source": urls["source"],
         "facerank-retrain": tap_url,
+        "facerank-identify": tap_url,
+        "facerank-notify": tap_url,
         "tap": tap_url,
     }
     components = [

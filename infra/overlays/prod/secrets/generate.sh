@@ -20,7 +20,9 @@ create minio.env "MINIO_ROOT_USER=facerank-$(random | cut -c1-8)
 MINIO_ROOT_PASSWORD=$(random)"
 create webhook-token.env "token=$(random)"
 create api-token.env "token=$(random)"
-for component in dead-letter enroll predictor retrain source web; do
+for component in dead-letter enroll identify predictor retrain source web; do
     create "s3-$component.env" "ACCESS_KEY=facerank-$component
 SECRET_KEY=$(random)"
 done
+# Not random: the chat tool's incoming-webhook URL, which you paste in (empty: notifications off).
+create notify-webhook.env "url="

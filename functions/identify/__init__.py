@@ -1,0 +1,1 @@
+"""The identify function: queries bucket events in, results and face.identified out."""

@@ -1,0 +1,1 @@
+"""The notify function: face.identified events matching a filter in, webhook POSTs out."""

@@ -1,0 +1,33 @@
+"""``python -m functions.notify``: the notify container's and ``facerank up``'s entry point."""
+
+from __future__ import annotations
+
+import logging
+
+from facerank.serving import listen_host, listen_port, serve
+from facerank.settings import Settings
+from functions.notify.app import create_app
+from functions.notify.handler import build_handler
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s notify %(levelname)s %(message)s"
+    )
+    handler = build_handler(settings)
+    logging.getLogger(__name__).info(
+        "notifying on %r: %s",
+        settings.notify_filter,
+        "webhook configured" if handler.webhook_url else "no webhook configured (off)",
+    )
+    serve(
+        create_app(handler),
+        host=listen_host(),
+        port=listen_port(settings.notify_port),
+        name="notify",
+    )
+
+
+if __name__ == "__main__":
+    main()

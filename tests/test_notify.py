@@ -1,0 +1,146 @@
+"""The notify function: face.identified events matching the filter become webhook POSTs.
+
+The webhook is a real HTTP server on a loopback port, the function its real Flask app.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cloudevents.http import CloudEvent
+from flask import Flask
+
+from facerank.cehttp import to_binary
+from facerank.events import FACE_ENROLLED, FACE_IDENTIFIED
+from functions.notify.app import create_app
+from functions.notify.handler import NotifyFilter, NotifyHandler
+from tests.plugins.http import free_port
+from tests.plugins.webhook import Webhook
+
+
+def identified(identities: list[str], unknown: int = 0, event_id: str = "e1") -> CloudEvent:
+    faces = [
+        {
+            "box": [10, 20, 100, 100],
+            "confidence": 0.9,
+            "identity": name,
+            "distance": 0.31,
+            "match": True,
+            "matches": [{"identity": name, "distance": 0.31, "face_id": "f", "match": True}],
+        }
+        for name in identities
+    ] + [
+        {
+            "box": [200, 20, 90, 90],
+            "confidence": 0.8,
+            "identity": None,
+            "distance": 0.9,
+            "match": False,
+            "matches": [],
+        }
+    ] * unknown
+    data = {
+        "bucket": "queries",
+        "key": "party/1.jpg",
+        "etag": "abc",
+        "model_version": "lbp-v0",
+        "identities": identities,
+        "unknown_faces": unknown,
+        "faces": faces,
+        "result_key": "results/party/1.jpg.json",
+    }
+    attributes = {"type": FACE_IDENTIFIED, "source": "facerank/identify", "id": event_id}
+    return CloudEvent(attributes, data)
+
+
+def post(app: Flask, event: CloudEvent) -> int:
+    headers, body = to_binary(event)
+    return app.test_client().post("/", headers=headers, data=body).status_code
+
+
+@pytest.mark.parametrize(
+    ("text", "identities", "unknown", "expected"),
+    [
+        ("unknown", ["alice"], 0, []),
+        ("unknown", ["alice"], 2, ["unknown"]),
+        ("alice,unknown", ["alice", "bob"], 1, ["alice", "unknown"]),
+        (" bob ", ["alice", "bob"], 0, ["bob"]),
+        ("*", [], 1, ["unknown"]),
+        ("*", ["carol"], 0, ["carol"]),
+        ("", ["alice"], 1, []),
+    ],
+)
+def test_the_filter_names_identities_or_unknown_faces(
+    text: str, identities: list[str], unknown: int, expected: list[str]
+) -> None:
+    data = {"identities": identities, "unknown_faces": unknown}
+    assert NotifyFilter.parse(text).reasons(data) == expected
+
+
+def test_a_matching_event_is_posted_as_chat_text_without_pixels_or_vectors(
+    webhook: Webhook,
+) -> None:
+    hook, url = webhook, webhook.url
+    app = create_app(NotifyHandler(url, NotifyFilter.parse("alice,unknown")))
+    assert post(app, identified(["alice"], unknown=1)) == 202
+    [body] = hook.bodies
+    assert body["text"] == "facerank: alice (0.31), 1 unknown face in queries/party/1.jpg"
+    summary = body["facerank"]
+    assert summary["event_id"] == "e1"
+    assert summary["identities"] == ["alice"]
+    assert summary["unknown_faces"] == 1
+    assert summary["result_key"] == "results/party/1.jpg.json"
+    assert [set(f) for f in summary["faces"]] == [{"identity", "distance", "box"}] * 2
+    # No image, no embedding: nothing long, no base64, no vector anywhere in the body.
+    assert len(hook.raw[0]) < 1000
+    assert not any(k in hook.raw[0].decode() for k in ("b64", "embedding", "vector", "crop"))
+
+
+def test_events_outside_the_filter_and_other_types_post_nothing(
+    webhook: Webhook,
+) -> None:
+    hook, url = webhook, webhook.url
+    app = create_app(NotifyHandler(url, NotifyFilter.parse("alice")))
+    assert post(app, identified(["bob"], unknown=3)) == 202
+    enrolled = CloudEvent({"type": FACE_ENROLLED, "source": "s", "id": "x"}, {"identity": "alice"})
+    assert post(app, enrolled) == 202
+    assert hook.bodies == []
+
+
+def test_a_redelivered_event_is_posted_once(webhook: Webhook) -> None:
+    hook, url = webhook, webhook.url
+    app = create_app(NotifyHandler(url, NotifyFilter.parse("*")))
+    assert post(app, identified(["alice"], event_id="same")) == 202
+    assert post(app, identified(["alice"], event_id="same")) == 202
+    assert post(app, identified(["alice"], event_id="other")) == 202
+    assert [b["facerank"]["event_id"] for b in hook.bodies] == ["same", "other"]
+
+
+@pytest.mark.parametrize(("status", "answer"), [(500, 503), (429, 503), (404, 400), (400, 400)])
+def test_webhook_failures_are_retried_by_the_broker_and_refusals_dead_lettered(
+    webhook: Webhook, status: int, answer: int
+) -> None:
+    """503 is what the broker retries (then dead-letters); 400 it dead-letters at once."""
+    hook, url = webhook, webhook.url
+    app = create_app(NotifyHandler(url, NotifyFilter.parse("*")))
+    hook.status = status
+    assert post(app, identified(["alice"])) == answer
+    hook.status = 200
+    assert post(app, identified(["alice"])) == 202  # not remembered as posted: sent now
+    assert len(hook.bodies) == 1
+
+
+def test_an_unreachable_webhook_is_retryable_and_its_url_never_echoed() -> None:
+    secret_url = f"http://127.0.0.1:{free_port()}/services/T000/B000/secret-token"
+    app = create_app(NotifyHandler(secret_url, NotifyFilter.parse("*")))
+    headers, body = to_binary(identified(["alice"]))
+    response = app.test_client().post("/", headers=headers, data=body)
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "webhook_unavailable"
+    assert "secret-token" not in json.dumps(response.json)
+
+
+def test_without_a_webhook_nothing_is_posted_and_nothing_fails() -> None:
+    app = create_app(NotifyHandler("", NotifyFilter.parse("*")))
+    assert post(app, identified(["alice"])) == 202

@@ -1,0 +1,71 @@
+"""The open-set threshold: strangers against a gallery of N identities match at most ``target``.
+
+Embeddings are drawn at random on a sphere, people as tight clusters, so how many strangers a
+threshold lets through can be counted exactly and compared with what was asked for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facerank.openset import impostor_similarities, open_set_threshold, tail_quantile
+
+DIM = 32
+
+
+def people(count: int, faces: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``faces`` unit vectors around each of ``count`` random centres, and their codes."""
+    centres = rng.normal(size=(count, DIM))
+    vectors = np.repeat(centres, faces, axis=0) + rng.normal(scale=0.25, size=(count * faces, DIM))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), np.repeat(np.arange(count), faces)
+
+
+def stranger_match_rate(vectors: np.ndarray, threshold: float, rng: np.random.Generator) -> float:
+    strangers, _ = people(2000, 1, rng)
+    nearest = np.sqrt(np.maximum(0, 2 - 2 * (strangers @ vectors.T).max(axis=1)))
+    return float(np.mean(nearest <= threshold))
+
+
+@pytest.mark.parametrize("identities", [10, 100, 400])
+def test_strangers_match_about_as_often_as_asked_whatever_the_gallery_size(
+    identities: int,
+) -> None:
+    rng = np.random.default_rng(identities)
+    vectors, codes = people(identities, 3, rng)
+    pair = 1.3  # generous: on its own it lets many strangers through in a large gallery
+    threshold = open_set_threshold(vectors, codes, pair_threshold=pair, target=0.01)
+    assert threshold < pair
+    # Within a few times the target: the tail is fitted to a few hundred to a few thousand
+    # impostor similarities, and the per-identity rate it must reach is 1e-3 to 2.5e-5.
+    assert stranger_match_rate(vectors, threshold, rng) <= 0.05
+    assert stranger_match_rate(vectors, pair, rng) > stranger_match_rate(vectors, threshold, rng)
+
+
+def test_rarer_tails_lie_further_out_and_the_fit_follows_the_data() -> None:
+    """More identities ask for a rarer per-identity tail, hence a higher similarity."""
+    rng = np.random.default_rng(1)
+    samples = rng.normal(0.2, 0.1, 20_000)
+    quantiles = [tail_quantile(samples, q) for q in (0.2, 1e-2, 1e-3, 1e-4)]
+    assert quantiles == sorted(quantiles)
+    assert quantiles[0] == pytest.approx(np.quantile(samples, 0.8))  # empirical where it can
+    exact = 0.2 + 0.1 * 3.09  # the normal's 1e-3 tail
+    assert quantiles[2] == pytest.approx(exact, abs=0.03)
+
+
+def test_the_pair_threshold_bounds_it_and_stays_for_one_identity_or_no_target() -> None:
+    rng = np.random.default_rng(2)
+    vectors, codes = people(20, 3, rng)
+    assert open_set_threshold(vectors, codes, pair_threshold=0.1, target=0.01) == 0.1
+    assert open_set_threshold(vectors, codes, pair_threshold=0.9, target=0.0) == 0.9
+    one, one_code = people(1, 5, rng)
+    assert open_set_threshold(one, one_code, pair_threshold=0.9, target=0.01) == 0.9
+
+
+def test_impostors_are_other_identities_only() -> None:
+    rng = np.random.default_rng(3)
+    vectors, codes = people(5, 4, rng)
+    cosines = impostor_similarities(vectors, codes)
+    assert len(cosines) == 20 * 4  # each face against the 4 other identities
+    assert cosines.max() < vectors[0] @ vectors[1]  # a genuine pair is closer than any
