@@ -8,6 +8,7 @@ with the real lbp-v0 embedder over real crops, storage with the real folder stor
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from facerank.embedding import Embedder
 from facerank.embedding.lbp import LbpEmbedder
 from facerank.errors import InvalidIdentityError
 from facerank.faces.align import GALLERY_CROP_256
+from facerank.gallery import Gallery
 from facerank.identities import IdentityNotFoundError, move_identity, name_group
 from facerank.storage import FolderStore
 from facerank.unknown import NewFace, UnknownFace, UnknownFaces, UnknownGroupNotFoundError
@@ -152,6 +154,21 @@ def test_a_model_switch_reembeds_from_crops_and_regroups(
     assert unknown.store.exists("gallery", f"unknown/faces/other/{lbp.model_version}.f32")
     assert groups.faces["eileen-1"].group == groups.faces["eileen-2"].group
     assert groups.faces["other"].group != groups.faces["eileen-1"].group
+
+
+def test_the_gallery_index_repair_and_orphan_sweep_leave_unknown_faces_alone(
+    unknown: UnknownFaces, store: FolderStore
+) -> None:
+    """Unknown faces share the gallery bucket; they are neither records nor enrolled faces."""
+    add(unknown, new_face("a", 0.0), new_face("b", 90.0))
+    keys = sorted(info.key for info in store.list("gallery"))
+    gallery = Gallery(store, "gallery")
+    assert gallery.repair_indexes() == {}
+    assert gallery.index_versions() == []
+    later = datetime.now(UTC) + timedelta(days=1)
+    assert gallery.collect_orphans(now=later) == 0
+    assert sorted(info.key for info in store.list("gallery")) == keys
+    assert groups_of(unknown) == [["a"], ["b"]]
 
 
 def astronaut_crop(astronaut: np.ndarray, shift: int) -> np.ndarray:
