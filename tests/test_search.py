@@ -7,7 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from facerank.gallery import Segment
+from inference.approximate import ApproximateSegment
 from inference.search import GalleryIndex, search
+from inference.snapshot import GallerySnapshot
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -112,3 +115,24 @@ def test_index_is_immutable() -> None:
     index = GalleryIndex.build(["a"], ["alice"], np.array([[1.0, 0.0]], dtype=np.float32))
     with pytest.raises(ValueError, match="read-only"):
         index.vectors[0, 0] = 2.0
+
+
+def test_a_snapshot_samples_every_segment_with_identities_shared_across_them() -> None:
+    """The open-set calibration sees one identity split over segments (and approximate ones,
+    their float16 rows) as one identity."""
+    rng = np.random.default_rng(3)
+    names = ["ann", "bob", "cy"]
+    first = Segment.build(
+        [f"a{i}" for i in range(6)], [names[i % 2] for i in range(6)], unit_rows(rng, 6, 8)
+    )
+    second = Segment.build(
+        [f"b{i}" for i in range(6)], [names[1 + i % 2] for i in range(6)], unit_rows(rng, 6, 8)
+    )
+    snapshot = GallerySnapshot("v", (first, ApproximateSegment.build(second)))
+    vectors, codes = snapshot.sample(100)
+    assert np.allclose(vectors, np.concatenate([first.vectors, second.vectors]), atol=1e-3)
+    expected = [first.identity(r) for r in range(6)] + [second.identity(r) for r in range(6)]
+    assert [sorted(set(expected))[c] for c in codes] == expected
+    few, few_codes = snapshot.sample(5)
+    assert len(few) == len(few_codes) == 5
+    assert all(any(np.allclose(row, v, atol=1e-3) for v in vectors) for row in few)
