@@ -178,7 +178,7 @@ def bench_detectors(repeat: int) -> dict[str, object]:
     from facerank.faces import LandmarkLocator, SsdFaceDetector
     from facerank.settings import Settings
 
-    settings = Settings.from_env({})
+    settings = Settings.from_env()
     folders = (
         ssd_model_dir(settings),
         landmark_model_dir(settings),

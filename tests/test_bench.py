@@ -64,8 +64,10 @@ def face_folders(root: Path, lfw_faces: np.ndarray, people: int, photos: int) ->
     return root
 
 
-def test_bench_pipeline(tmp_path: Path) -> None:
-    results = run_bench(tmp_path, "bench_pipeline.py", "--repeat", "2")
+def test_bench_pipeline(tmp_path: Path, fetched_settings: Settings) -> None:
+    # The detector comparison runs the default pipeline: SSD, landmarks and dlib-r34-v1.
+    env = {"FACERANK_CACHE_DIR": str(fetched_settings.cache_dir)}
+    results = run_bench(tmp_path, "bench_pipeline.py", "--repeat", "2", env=env)
     assert results["savedmodel_single_chip"]["ratio"] > 0
 
 
