@@ -257,6 +257,13 @@ def test_store_outage_mid_enrollment_is_retried_dead_lettered_and_repaired(
     first = store.put("faces", "anna/1.jpg", photos[0]).etag
     assert post(world.broker_url, created("anna/1.jpg", first)) == 202
     wait_for(lambda: gallery.identities() == {"anna": 1}, "anna to be enrolled")
+    # The record is written before the index: anna's enrollment ends with her index rows, and
+    # only then may the outage count the gallery's writes, or her index write is the one cut.
+    [record] = gallery.records("anna")
+    wait_for(
+        lambda: all(gallery.index(v).read()[0].rows == 1 for v in record.model_versions),
+        "anna's index rows",
+    )
     before = visible(gallery)
 
     etag = store.put("faces", "ben/1.jpg", photos[1]).etag
