@@ -111,7 +111,14 @@ class Supervisor:
                 if stop.wait(delay):
                     return
                 self._spawn(component)
-                self._wait_ready(component)
+                try:
+                    self._wait_ready(component)
+                except ComponentFailedError as exc:
+                    if self._processes[component.name].poll() is None:
+                        raise
+                    # Died while restarting: the next poll restarts it again, counted against
+                    # MAX_RESTARTS, rather than ending supervision of every component.
+                    log.warning("%s", exc)
 
     def stop(self) -> None:
         """SIGTERM in reverse start order, so producers stop before their consumers."""
