@@ -54,17 +54,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from moto.server import ThreadedMotoServer
 
 from facerank.storage import S3Store
 from functions.retrain.kubernetes import job_for_run
 from tests.plugins.infra import find, kustomize, pods, prepare_copy
-from training.backbones import backbone_chip
-from training.config import TrainConfig
-from training.data import write_dataset
-from training.rundir import RunDir
+from tests.plugins.training_runs import prepare_two_worker_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("functions", "training", "inference")
@@ -550,22 +546,7 @@ def check_worker_stops_while_waiting(runner: Runner, workload: Workload) -> Resu
 
 def prepare_run(shared: Path) -> None:
     """A two-worker run with a small random dataset, as the retrain function leaves one."""
-    config = TrainConfig(
-        run_id=RUN_ID,
-        version=f"ft-{RUN_ID}",
-        backbone="scratch",
-        image_size=32,
-        workers=2,
-        epochs=1,
-        steps_per_epoch=1,
-        identities_per_batch=4,
-        faces_per_identity=2,
-        startup_timeout_s=600.0,
-    )
-    run = RunDir.create(shared, config)
-    names = [f"person-{i}" for i in range(8) for _ in range(3)]
-    chips = np.random.default_rng(0).integers(0, 255, (len(names), 32, 32, 3), dtype=np.uint8)
-    write_dataset(run, backbone_chip(config), chips, names)
+    prepare_two_worker_run(shared, RUN_ID)
     for path in [shared, *shared.rglob("*")]:  # written by the retrain function's uid there
         path.chmod(0o777 if path.is_dir() else 0o666)
 
