@@ -78,8 +78,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     FACERANK_LISTEN_HOST=0.0.0.0
 WORKDIR /app
 COPY facerank/ /app/facerank/
-# `python -m facerank.launch <module>` runs `python -m <module>` as PID 1 so that SIGTERM stops
-# it at any moment, start-up included (the kernel drops it otherwise): see facerank/launch.py.
+# `python -m facerank.launch <module>` runs `python -m <module>` under a small init (PID 1) so
+# that SIGTERM stops it at any moment, start-up included: see facerank/launch.py.
 # A manifest's args name the module, e.g. ["functions.enroll"].
 ENTRYPOINT ["python", "-m", "facerank.launch"]
 

@@ -1,54 +1,180 @@
-"""``python -m facerank.launch MODULE [ARG...]``: run ``python -m MODULE`` as a container's PID 1.
+"""``python -m facerank.launch MODULE [ARG...]``: run ``python -m MODULE`` under a small init.
 
-Why: the kernel delivers no signal to a PID namespace's first process (a container's entry
-point) whose action is the default one. Until a component installs its own handler, and servers
-do only once they serve, a SIGTERM is simply dropped: a predictor that was loading its model
-sat out Kubernetes' grace period and was killed (issue 15). Kubernetes sends SIGTERM at any
-moment (scale-down, rollout, a failed probe), so this launcher installs a handler before the
-component imports anything, then runs it as ``python -m`` would.
+Why an init: the images start this as the container's PID 1, and Kubernetes sends SIGTERM at
+any moment (scale-down, rollout, a failed probe), start-up included. A component that is PID 1
+itself cannot always be stopped by it (issue 15):
 
-On SIGTERM before the component replaced the handler, the process stops with status 143
-(128 + SIGTERM, what the default action reports), so a Job never counts an interrupted worker
-as done. The main thread gets ``SystemExit`` at its next bytecode, running ``finally`` blocks;
-one that is stuck in native code (TensorFlow loading a model, a collective that waits for a
-peer) cannot see it, so a watcher thread, woken through the signal module's wakeup fd, ends
-the process after :data:`GRACE_S` if it is still there. A handler the component installs
-later (waitress' drain in :mod:`facerank.serving`, KServe's ModelServer) takes over; the
-watcher then leaves SIGTERM to it.
+- the kernel gives PID 1 no signal whose action is the default one, so until a component
+  installs a handler (a server does only once it serves), SIGTERM is dropped;
+- a handler is not enough either: when a MultiWorkerMirroredStrategy starts, TensorFlow's
+  preemption notifier replaces the SIGTERM handler with its own, which only sets a flag, and
+  the training worker then waits for its peers in C++ *holding the GIL*, where neither a Python
+  handler nor a Python thread runs. Only another process can act on the signal then.
 
-When the component returns (or exits), the launcher flushes the logs and ends the process at
-once, skipping the interpreter's finalization: with TensorFlow loaded that alone took 7 to 12 s
-here (its runtime tearing down thread pools and the model), past the 5 s the trainer's grace
-period allows, for nothing, since the container's memory goes with it. Only code that runs
-after the component is done is skipped: a server has drained by then, a worker has written
-its result.
+So the launcher stays PID 1, small and always responsive, and runs the component as its child
+(``python -m facerank.launch --component MODULE``, in a process group of its own):
+
+- SIGTERM and SIGINT are passed on to the component, once each. Not being PID 1, a component
+  that has no handler yet dies of them at once (their default action), whatever it is busy
+  with; a server's handler drains and returns.
+- With ``FACERANK_STOP_TIMEOUT_S`` set, a component still running that long after the signal
+  is killed (SIGKILL, its process group). The trainer's pod sets it below its 5 s grace period:
+  a worker's TensorFlow swallows SIGTERM, and its checkpoints are atomic, so a kill loses
+  nothing a graceful stop would have kept. Unset, a server drains for as long as its pod's
+  grace period lets it.
+- The launcher exits with the component's status, or 128 + the signal that ended it. A stop
+  asked for by SIGTERM is 143 even when the deadline had to kill: a Job retries such a worker,
+  and never takes it for the permanent failure (2) its podFailurePolicy fails the Job on.
+- Orphaned processes, re-parented to PID 1, are reaped, as an init does.
+
+The component, when it returns (or exits), flushes its logs and ends at once, skipping the
+interpreter's finalization: with TensorFlow loaded that alone took 7 to 12 s here (its runtime
+tearing down thread pools and the model), past the 5 s the trainer's grace period allows, for
+nothing, since the container's memory goes with it. Only code that runs after the component is
+done is skipped: a server has drained by then, a worker has written its result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import runpy
+import select
 import signal
 import sys
-import threading
+import time
 from types import FrameType
 from typing import NoReturn
 
+from facerank.errors import ConfigError
+from facerank.settings import Settings
+
 log = logging.getLogger("facerank.launch")
 
-GRACE_S = 1.0
-"""How long the main thread has to leave on its own after SIGTERM before the watcher exits."""
-
+COMPONENT_FLAG = "--component"
+"""How the launcher starts its child: the same module, running the component in-process."""
+PASSED_ON = (signal.SIGTERM, signal.SIGINT)
 EXIT_SIGTERM = 128 + signal.SIGTERM
+EXIT_CONFIG = 2
+"""A bad ``FACERANK_STOP_TIMEOUT_S``: a Job's permanent failure, as a worker's bad config is."""
 USAGE = "usage: python -m facerank.launch MODULE [ARG...]"
 
 
-def main(argv: list[str]) -> None:
-    """Install the start-up SIGTERM handling, then run ``MODULE`` with ``argv[1:]`` as its args."""
+def main(argv: list[str]) -> NoReturn:
+    """Supervise ``MODULE`` run with ``argv[1:]`` as its args; exit with its status."""
+    if argv[:1] == [COMPONENT_FLAG] and len(argv) > 1:
+        run_component(argv[1:])
     if not argv or argv[0].startswith("-"):
         sys.exit(USAGE)
-    stop_on_sigterm()
+    try:
+        stop_timeout_s = Settings.one_from_env("stop_timeout_s")
+    except ConfigError as exc:
+        log.error("facerank.launch: cannot start %s: %s", argv[0], exc)
+        sys.exit(EXIT_CONFIG)
+    sys.exit(Supervisor(argv, stop_timeout_s).run())
+
+
+class Supervisor:
+    """The init's loop: one child, the signals passed on to it, its deadline, the reaping.
+
+    Everything happens in :meth:`run`'s loop, woken through the signal module's wakeup fd
+    (one byte per signal, SIGCHLD included); the handlers themselves do nothing, so no signal
+    can interrupt half-done bookkeeping, and none is lost between two looks.
+    """
+
+    def __init__(self, argv: list[str], stop_timeout_s: float | None) -> None:
+        self.argv = argv
+        self.stop_timeout_s = stop_timeout_s
+        self.stopping: int | None = None
+        """The first signal passed on: what the component was asked to stop by."""
+        self.deadline: float | None = None
+        self.killed = False
+
+    @property
+    def module(self) -> str:
+        return self.argv[0]
+
+    def run(self) -> int:
+        """Start the component and return the status to exit with once it ended."""
+        readable, writable = os.pipe()  # not inherited (PEP 446): the component never sees it
+        os.set_blocking(readable, False)
+        os.set_blocking(writable, False)
+        signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
+        for signum in (*PASSED_ON, signal.SIGCHLD):
+            signal.signal(signum, _wake)
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "facerank.launch", COMPONENT_FLAG, *self.argv],
+            os.environ,
+            setpgroup=0,  # a terminal's Ctrl-C reaches the launcher alone, passed on once
+        )
+        while True:
+            status = self._reap(pid)
+            if status is not None:
+                return self._exit_status(status)
+            if not select.select([readable], [], [], self._wait_s())[0]:
+                self._kill(pid)  # the deadline passed
+                continue
+            for signum in os.read(readable, 256):
+                if signum in PASSED_ON:
+                    self._pass_on(pid, signum)
+
+    def _wait_s(self) -> float | None:
+        if self.deadline is None or self.killed:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def _pass_on(self, pid: int, signum: int) -> None:
+        if self.killed:
+            return
+        with contextlib.suppress(ProcessLookupError):  # ended, not yet collected: moot
+            os.kill(pid, signum)
+        if self.stopping is None:
+            self.stopping = signum
+            if self.stop_timeout_s is not None:
+                self.deadline = time.monotonic() + self.stop_timeout_s
+
+    def _kill(self, pid: int) -> None:
+        assert self.stopping is not None  # noqa: S101 - a deadline is set by a stop only
+        log.warning(
+            "facerank.launch: %s still running %g s after %s: killed",
+            self.module,
+            self.stop_timeout_s,
+            signal.Signals(self.stopping).name,
+        )
+        with contextlib.suppress(ProcessLookupError):  # the whole group ended meanwhile
+            os.killpg(pid, signal.SIGKILL)
+        self.killed = True
+
+    def _reap(self, pid: int) -> int | None:
+        """Collect every ended child; the component's wait status once it ended, else None."""
+        while True:
+            ended, status = os.waitpid(-1, os.WNOHANG)
+            if ended == pid:
+                return status
+            if ended == 0:
+                return None
+            # else an orphan the component left, re-parented to PID 1: now collected
+
+    def _exit_status(self, status: int) -> int:
+        """The component's exit code, 128 + the signal that ended it, or, when the deadline
+        killed it, 128 + the signal that asked it to stop."""
+        if self.killed and self.stopping is not None:
+            return 128 + self.stopping
+        code = os.waitstatus_to_exitcode(status)
+        if code >= 0:
+            return code
+        log.warning("facerank.launch: %s ended by %s", self.module, signal.Signals(-code).name)
+        return 128 - code
+
+
+def _wake(_signum: int, _frame: FrameType | None) -> None:
+    """Nothing: the signal's byte on the wakeup fd is what :meth:`Supervisor.run` acts on."""
+
+
+def run_component(argv: list[str]) -> NoReturn:
+    """Run ``python -m argv[0]`` with ``argv[1:]`` in this process; exit without finalizing."""
     sys.argv[:] = argv  # runpy sets argv[0] to the module's file, as ``python -m`` does
     try:
         runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
@@ -70,31 +196,6 @@ def _exit_now(code: object) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM stops this process until something else handles it (main thread only)."""
-    readable, writable = os.pipe()
-    os.set_blocking(writable, False)
-    signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
-    signal.signal(signal.SIGTERM, _raise_exit)
-    threading.Thread(target=_watch, args=(readable,), name="sigterm-watcher", daemon=True).start()
-
-
-def _raise_exit(_signum: int, _frame: FrameType | None) -> None:
-    log.warning("SIGTERM while starting: stopping")
-    raise SystemExit(EXIT_SIGTERM)
-
-
-def _watch(readable: int) -> None:
-    """Wait for SIGTERM's byte on the wakeup fd; exit if the main thread did not in time."""
-    while signal.SIGTERM not in os.read(readable, 64):
-        pass
-    if signal.getsignal(signal.SIGTERM) is not _raise_exit:
-        return  # the component's own handler took over: it drains and exits
-    threading.Event().wait(GRACE_S)
-    log.warning("SIGTERM while starting: stopping now, the main thread is busy in native code")
-    os._exit(EXIT_SIGTERM)
 
 
 if __name__ == "__main__":

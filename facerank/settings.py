@@ -227,6 +227,12 @@ class Settings:
 
     log_level: str = "INFO"
 
+    stop_timeout_s: float | None = None
+    """Under the images' launcher (:mod:`facerank.launch`), how long a component has to stop by
+    itself after SIGTERM before it is killed. Unset: no limit but the pod's grace period (a
+    server drains). The trainer's pod sets it below its grace period: TensorFlow swallows the
+    signal in a training worker."""
+
     def __post_init__(self) -> None:
         if self.shared_dir is None:
             object.__setattr__(self, "shared_dir", self.data_dir / "shared")
@@ -272,6 +278,24 @@ class Settings:
         settings = cls(**values)
         settings.validate()
         return settings
+
+    @classmethod
+    def one_from_env(cls, name: str, env: Mapping[str, str] | None = None) -> Any:
+        """Setting ``name`` alone, parsed and validated as :meth:`from_env` would.
+
+        For a process that needs only that one (the images' launcher): the others are its
+        component's to read, and to report when they are wrong.
+        """
+        env = os.environ if env is None else env
+        known = {f.name: f for f in fields(cls)}
+        if name not in known:
+            raise ConfigError(f"unknown setting(s): {name}")
+        raw = _read_env(env, name)
+        if raw is None:
+            return getattr(cls(), name)
+        settings = cls(**{name: _parse(name, known[name].type, raw)})
+        settings.validate()
+        return getattr(settings, name)
 
     def to_env(self) -> dict[str, str]:
         """``FACERANK_*`` variables reproducing these settings in a child process.
@@ -352,6 +376,8 @@ class Settings:
         for name in ("min_face_size", "max_faces", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+        if self.stop_timeout_s is not None and self.stop_timeout_s <= 0:
+            raise ConfigError("FACERANK_STOP_TIMEOUT_S must be positive")
 
 
 def _read_env(env: Mapping[str, str], name: str) -> str | None:

@@ -24,12 +24,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from facerank.descriptor.landmarks import ensure_landmark_model
 from facerank.launch import EXIT_SIGTERM
 from facerank.settings import Settings
+from tests.plugins.http import free_port
+from tests.plugins.infra import INFRA, load_yaml
+from tests.plugins.training_runs import CLUSTER_FORMING, prepare_two_worker_run
+from training.cluster import Cluster
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +50,7 @@ class Component:
     def __init__(self, module: str, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "facerank.launch", module],
-            env={**os.environ, **env},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -118,7 +123,7 @@ def test_sigterm_while_loading_stops_promptly(
     finally:
         component.process.kill()
     assert status == EXIT_SIGTERM, component.output()
-    assert "SIGTERM while starting: stopping" in component.output()
+    assert f"facerank.launch: {module} ended by SIGTERM" in component.output()
     assert "Traceback" not in component.output()
 
 
@@ -155,7 +160,88 @@ def test_a_serving_component_drains_and_exits_promptly(
         component.process.kill()
     assert status == 0, component.output()
     assert f"{listening.split()[0]} stopped" in component.output()
-    assert "while starting" not in component.output()
+    assert "facerank.launch" not in component.output()
+
+
+def trainer_pod() -> dict[str, Any]:
+    """The pod spec every training worker gets (the retrain function copies it into Jobs)."""
+    return dict(load_yaml(INFRA / "base" / "training" / "trainer.yaml")["template"]["spec"])
+
+
+def trainer_env() -> dict[str, str]:
+    """The worker container's own variables (its ``value`` ones) in the trainer's pod."""
+    env = trainer_pod()["containers"][0]["env"]
+    return {variable["name"]: variable["value"] for variable in env if "value" in variable}
+
+
+def test_sigterm_while_the_training_cluster_forms_stops_the_worker(tmp_path: Path) -> None:
+    """Worker 0 of two whose peer never comes, started as the trainer's pod starts it: SIGTERM
+    stops it within STOP_S, with the status a Job retries (143), not its permanent-failure 2
+    and not the kubelet's SIGKILL. TensorFlow swallows the signal there; the launcher's stop
+    deadline (the pod's FACERANK_STOP_TIMEOUT_S) ends it."""
+    run = prepare_two_worker_run(tmp_path / "shared", "forming")
+    cluster = Cluster((f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"), 0)
+    env = {
+        **trainer_env(),
+        "TF_CONFIG": cluster.tf_config(),
+        "FACERANK_TRAIN_CONFIG": str(run.config_path),
+        "FACERANK_DATA_DIR": str(tmp_path / "data"),
+        "TF_CPP_MIN_LOG_LEVEL": "0",  # CLUSTER_FORMING is an INFO line of TensorFlow's C++
+    }
+    component = Component("training.worker", env)
+    try:
+        component.wait_for(CLUSTER_FORMING)
+        status = component.stop()
+    finally:
+        component.process.kill()
+    assert status == EXIT_SIGTERM, component.output()
+    assert "training.worker still running 3 s after SIGTERM: killed" in component.output()
+    assert "Traceback" not in component.output()
+
+
+def test_the_trainer_pod_is_stopped_by_the_launcher_before_the_kubelet_kills_it() -> None:
+    """The stop deadline leaves the launcher a second of the grace period to report 143."""
+    grace_s = trainer_pod()["terminationGracePeriodSeconds"]
+    assert float(trainer_env()["FACERANK_STOP_TIMEOUT_S"]) <= grace_s - 1
+
+
+STUBBORN = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ignoring SIGTERM", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_component_that_ignores_sigterm_is_killed_at_the_stop_deadline(tmp_path: Path) -> None:
+    """Whatever holds the component up (a swallowed signal, the GIL held in C++), the
+    launcher, another process, kills it FACERANK_STOP_TIMEOUT_S after the signal: 143."""
+    (tmp_path / "stubborn.py").write_text(STUBBORN, encoding="utf-8")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        "FACERANK_STOP_TIMEOUT_S": "1",
+    }
+    component = Component("stubborn", env)
+    try:
+        component.wait_for("ignoring SIGTERM")
+        status = component.stop()
+    finally:
+        component.process.kill()
+    assert status == EXIT_SIGTERM, component.output()
+    assert "facerank.launch: stubborn still running 1 s after SIGTERM: killed" in component.output()
+
+
+def test_a_bad_stop_timeout_is_refused_before_the_component_starts() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "facerank.launch", "training.worker"],
+        env={**os.environ, "FACERANK_STOP_TIMEOUT_S": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=START_S,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "cannot start training.worker: FACERANK_STOP_TIMEOUT_S must be a number" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -70,11 +70,25 @@ def test_secret_from_a_mounted_file_stays_out_of_repr(tmp_path: Path) -> None:
             r"FACERANK_MIN_FACE_CONFIDENCE must be in \[0, 1\)",
         ),
         ({"FACERANK_S3_SECRET_KEY_FILE": "/nonexistent/secret"}, "unreadable file"),
+        ({"FACERANK_STOP_TIMEOUT_S": "0"}, "FACERANK_STOP_TIMEOUT_S must be positive"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+def test_one_setting_is_read_alone_and_validated_as_all_are() -> None:
+    """The launcher reads its stop timeout alone: another setting's bad value is not its
+    business (the component reports it), its own is."""
+    broken_elsewhere = {"FACERANK_STORE": "ftp"}
+    assert Settings.one_from_env("stop_timeout_s", broken_elsewhere) is None
+    env = {**broken_elsewhere, "FACERANK_STOP_TIMEOUT_S": "2.5"}
+    assert Settings.one_from_env("stop_timeout_s", env) == 2.5
+    with pytest.raises(ConfigError, match="FACERANK_STOP_TIMEOUT_S must be positive"):
+        Settings.one_from_env("stop_timeout_s", {"FACERANK_STOP_TIMEOUT_S": "-1"})
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Settings.one_from_env("colour", {})
 
 
 def test_unknown_override_is_an_error() -> None:

@@ -60,7 +60,7 @@ from moto.server import ThreadedMotoServer
 from facerank.storage import S3Store
 from functions.retrain.kubernetes import job_for_run
 from tests.plugins.infra import find, kustomize, pods, prepare_copy
-from tests.plugins.training_runs import prepare_two_worker_run
+from tests.plugins.training_runs import CLUSTER_FORMING, prepare_two_worker_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("functions", "training", "inference")
@@ -77,7 +77,6 @@ LOADING = {
     "functions.enroll": "loading the gallery and the active model",
 }
 """The line each model-loading entry point logs before it loads."""
-WORKER_WAITING = "watchdog: the cluster"
 RUN_ID = "check"
 NETWORK = "slirp4netns:allow_host_loopback=true"
 """Each container in a network namespace of its own, as in a pod, reaching this machine's
@@ -532,11 +531,12 @@ def check_worker_refuses_missing_cluster(runner: Runner, workload: Workload) -> 
 
 
 def check_worker_stops_while_waiting(runner: Runner, workload: Workload) -> Result:
-    """Worker 0 of two, its peer never comes: SIGTERM while the cluster forms ends it."""
+    """Worker 0 of two, its peer never comes: SIGTERM once TensorFlow has taken the signal's
+    handler and waits for the peer holding the GIL ends it, with a status the Job retries."""
     check = f"{workload.name}: SIGTERM while the cluster forms"
     prepare_run(runner.shared)
     name, _ = runner.start(workload, env={"JOB_COMPLETION_INDEX": "0"}, suffix="-waiting")
-    if not runner.podman.wait_for_line(name, WORKER_WAITING):
+    if not runner.podman.wait_for_line(name, CLUSTER_FORMING):
         return Result(check, False, f"never waited:\n{runner.podman.logs(name)[-3000:]}")
     stop_s, code = runner.podman.stop(name)
     ok = stop_s <= STOP_S and code == 143

@@ -15,6 +15,13 @@ from training.config import TrainConfig
 from training.data import write_dataset
 from training.rundir import RunDir
 
+CLUSTER_FORMING = "Started server with target"
+"""TensorFlow's own line (INFO, from its C++) once MultiWorkerMirroredStrategy's start-up has
+replaced the SIGTERM handler with its preemption notifier's and started the gRPC server; the
+worker then waits for its peers in C++, holding the GIL. A SIGTERM sent after it certainly
+meets that state. Our own line before the strategy would race with TensorFlow, and the signal
+might come while the launcher's handling still had it to itself."""
+
 
 def prepare_two_worker_run(shared: Path, run_id: str) -> RunDir:
     """A two-worker run under ``shared`` with a tiny dataset, as the retrain function leaves
