@@ -84,6 +84,14 @@ class Component:
             self.lines.append(line)
         return status
 
+    def stop_after(self, text: str) -> int:
+        """:meth:`stop` once ``text`` was printed; the process is killed whatever happens."""
+        try:
+            self.wait_for(text)
+            return self.stop()
+        finally:
+            self.process.kill()
+
     def output(self) -> str:
         return "".join(self.lines)
 
@@ -117,11 +125,7 @@ def test_sigterm_while_loading_stops_promptly(
     module: str, loading: str, silent_store: str, tmp_path: Path
 ) -> None:
     component = Component(module, s3_env(silent_store, tmp_path))
-    try:
-        component.wait_for(loading)
-        status = component.stop()
-    finally:
-        component.process.kill()
+    status = component.stop_after(loading)
     assert status == EXIT_SIGTERM, component.output()
     assert f"facerank.launch: {module} ended by SIGTERM" in component.output()
     assert "Traceback" not in component.output()
@@ -153,11 +157,7 @@ def test_a_serving_component_drains_and_exits_promptly(
         "PORT": "0",
     }
     component = Component(module, env)
-    try:
-        component.wait_for(listening)
-        status = component.stop()
-    finally:
-        component.process.kill()
+    status = component.stop_after(listening)
     assert status == 0, component.output()
     assert f"{listening.split()[0]} stopped" in component.output()
     assert "facerank.launch" not in component.output()
@@ -189,11 +189,7 @@ def test_sigterm_while_the_training_cluster_forms_stops_the_worker(tmp_path: Pat
         "TF_CPP_MIN_LOG_LEVEL": "0",  # CLUSTER_FORMING is an INFO line of TensorFlow's C++
     }
     component = Component("training.worker", env)
-    try:
-        component.wait_for(CLUSTER_FORMING)
-        status = component.stop()
-    finally:
-        component.process.kill()
+    status = component.stop_after(CLUSTER_FORMING)
     assert status == EXIT_SIGTERM, component.output()
     assert "training.worker still running 3 s after SIGTERM: killed" in component.output()
     assert "Traceback" not in component.output()
@@ -222,24 +218,25 @@ def test_a_component_that_ignores_sigterm_is_killed_at_the_stop_deadline(tmp_pat
         "FACERANK_STOP_TIMEOUT_S": "1",
     }
     component = Component("stubborn", env)
-    try:
-        component.wait_for("ignoring SIGTERM")
-        status = component.stop()
-    finally:
-        component.process.kill()
+    status = component.stop_after("ignoring SIGTERM")
     assert status == EXIT_SIGTERM, component.output()
     assert "facerank.launch: stubborn still running 1 s after SIGTERM: killed" in component.output()
 
 
-def test_a_bad_stop_timeout_is_refused_before_the_component_starts() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "facerank.launch", "training.worker"],
-        env={**os.environ, "FACERANK_STOP_TIMEOUT_S": "soon"},
+def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m facerank.launch ARGS`` run to its end, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "facerank.launch", *args],
+        env=env,
         capture_output=True,
         text=True,
         timeout=START_S,
         check=False,
     )
+
+
+def test_a_bad_stop_timeout_is_refused_before_the_component_starts() -> None:
+    result = launch("training.worker", env={**os.environ, "FACERANK_STOP_TIMEOUT_S": "soon"})
     assert result.returncode == 2
     assert "cannot start training.worker: FACERANK_STOP_TIMEOUT_S must be a number" in result.stderr
 
@@ -267,26 +264,13 @@ def test_arguments_and_exit_status_pass_through(
     for name in ("FACERANK_TRAIN_CONFIG", "TF_CONFIG", "JOB_COMPLETION_INDEX"):
         env.pop(name, None)
     missing = tmp_path / "runs" / "none" / "config.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "facerank.launch", "training.worker", str(missing)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=START_S,
-        check=False,
-    )
+    result = launch("training.worker", str(missing), env=env)
     assert result.returncode == 2, result.stderr
     assert refusal in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_without_a_module_it_says_how_to_use_it() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "facerank.launch"],
-        capture_output=True,
-        text=True,
-        timeout=START_S,
-        check=False,
-    )
+    result = launch()
     assert result.returncode == 1
     assert "usage: python -m facerank.launch MODULE" in result.stderr
