@@ -2,10 +2,10 @@
 stops them at any moment, start-up included.
 
 In a container the entry point is PID 1, which the kernel gives no signal whose action is the
-default: without the launcher a SIGTERM while a component loads is dropped (issue 15). Here the
-processes are ordinary children, where the default action would kill them at once with -15;
-status 143 and the launcher's line show the launcher's handler stopped them instead, which is
-what makes PID 1 stop (``infra/images/check.py`` sends the same signal to the images).
+default: a component that were PID 1 itself would drop a SIGTERM while it loads (issue 15).
+Here the launcher is an ordinary process, where the default action would kill it at once with
+-15; status 143 and its line show that it handled the signal and passed it on to the component,
+which is what makes PID 1 stop (``infra/images/check.py`` sends the same signal to the images).
 
 The store "never answers" as a MinIO that is still starting: a socket that accepts connections
 and never replies, so loading is certainly still under way when the signal arrives.
