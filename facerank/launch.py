@@ -12,7 +12,8 @@ itself cannot always be stopped by it (issue 15):
   handler nor a Python thread runs. Only another process can act on the signal then.
 
 So the launcher stays PID 1, small and always responsive, and runs the component as its child
-(``python -m facerank.launch --component MODULE``, in a process group of its own):
+(``python -m facerank.launch --component LAUNCHER_PID MODULE``, in a process group of its own,
+killed by the kernel should the launcher die):
 
 - SIGTERM and SIGINT are passed on to the component, once each. Not being PID 1, a component
   that has no handler yet dies of them at once (their default action), whatever it is busy
@@ -37,6 +38,7 @@ done is skipped: a server has drained by then, a worker has written its result.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import runpy
@@ -59,12 +61,13 @@ EXIT_SIGTERM = 128 + signal.SIGTERM
 EXIT_CONFIG = 2
 """A bad ``FACERANK_STOP_TIMEOUT_S``: a Job's permanent failure, as a worker's bad config is."""
 USAGE = "usage: python -m facerank.launch MODULE [ARG...]"
+_PR_SET_PDEATHSIG = 1
 
 
 def main(argv: list[str]) -> NoReturn:
     """Supervise ``MODULE`` run with ``argv[1:]`` as its args; exit with its status."""
-    if argv[:1] == [COMPONENT_FLAG] and len(argv) > 1:
-        run_component(argv[1:])
+    if argv[:1] == [COMPONENT_FLAG] and len(argv) > 2:
+        run_component(int(argv[1]), argv[2:])
     if not argv or argv[0].startswith("-"):
         sys.exit(USAGE)
     try:
@@ -105,7 +108,7 @@ class Supervisor:
             signal.signal(signum, _wake)
         pid = os.posix_spawn(
             sys.executable,
-            [sys.executable, "-m", "facerank.launch", COMPONENT_FLAG, *self.argv],
+            [sys.executable, "-m", "facerank.launch", COMPONENT_FLAG, str(os.getpid()), *self.argv],
             os.environ,
             setpgroup=0,  # a terminal's Ctrl-C reaches the launcher alone, passed on once
         )
@@ -173,14 +176,29 @@ def _wake(_signum: int, _frame: FrameType | None) -> None:
     """Nothing: the signal's byte on the wakeup fd is what :meth:`Supervisor.run` acts on."""
 
 
-def run_component(argv: list[str]) -> NoReturn:
+def run_component(launcher: int, argv: list[str]) -> NoReturn:
     """Run ``python -m argv[0]`` with ``argv[1:]`` in this process; exit without finalizing."""
+    _die_with(launcher)
     sys.argv[:] = argv  # runpy sets argv[0] to the module's file, as ``python -m`` does
     try:
         runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
     except SystemExit as done:
         _exit_now(done.code)
     _exit_now(0)
+
+
+def _die_with(launcher: int) -> None:
+    """Have the kernel SIGKILL this process when the launcher (pid ``launcher``) dies.
+
+    In a container the launcher is PID 1, and its end ends everything else. Outside one (the
+    tests, the cluster harness), a launcher killed outright would leave the component running
+    in its own process group, holding its ports and files. Not SIGTERM: the launcher that
+    would have bounded the stop is gone.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != launcher:  # it died before the request took effect
+        os._exit(128 + signal.SIGKILL)
 
 
 def _exit_now(code: object) -> NoReturn:

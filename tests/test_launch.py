@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import shutil
 import signal
 import socket
@@ -202,25 +203,44 @@ def test_the_trainer_pod_is_stopped_by_the_launcher_before_the_kubelet_kills_it(
 
 
 STUBBORN = """
-import signal, time
+import os, signal, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-print("ignoring SIGTERM", flush=True)
+print("ignoring SIGTERM, pid", os.getpid(), flush=True)
 time.sleep(120)
 """
+
+
+def stubborn_env(tmp_path: Path, stop_timeout_s: str) -> dict[str, str]:
+    """The environment that makes ``stubborn`` a module: a component that ignores SIGTERM."""
+    (tmp_path / "stubborn.py").write_text(STUBBORN, encoding="utf-8")
+    return {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        "FACERANK_STOP_TIMEOUT_S": stop_timeout_s,
+    }
 
 
 def test_a_component_that_ignores_sigterm_is_killed_at_the_stop_deadline(tmp_path: Path) -> None:
     """Whatever holds the component up (a swallowed signal, the GIL held in C++), the
     launcher, another process, kills it FACERANK_STOP_TIMEOUT_S after the signal: 143."""
-    (tmp_path / "stubborn.py").write_text(STUBBORN, encoding="utf-8")
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-        "FACERANK_STOP_TIMEOUT_S": "1",
-    }
-    component = Component("stubborn", env)
+    component = Component("stubborn", stubborn_env(tmp_path, "1"))
     status = component.stop_after("ignoring SIGTERM")
     assert status == EXIT_SIGTERM, component.output()
     assert "facerank.launch: stubborn still running 1 s after SIGTERM: killed" in component.output()
+
+
+def test_a_component_dies_with_a_launcher_killed_outright(tmp_path: Path) -> None:
+    """Outside a container nothing else would end it: it would keep its ports and files."""
+    component = Component("stubborn", stubborn_env(tmp_path, "60"))
+    try:
+        component.wait_for("ignoring SIGTERM")
+        pid = int(component.lines[-1].split()[-1])
+        ended = os.pidfd_open(pid)
+    finally:
+        component.process.kill()
+    try:
+        assert select.select([ended], [], [], STOP_S)[0], "the component outlived its launcher"
+    finally:
+        os.close(ended)
 
 
 def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
