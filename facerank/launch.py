@@ -75,11 +75,12 @@ def main(argv: list[str]) -> NoReturn:
     except ConfigError as exc:
         log.error("facerank.launch: cannot start %s: %s", argv[0], exc)
         sys.exit(EXIT_CONFIG)
-    sys.exit(Supervisor(argv, stop_timeout_s).run())
+    sys.exit(Init(argv, stop_timeout_s).run())
 
 
-class Supervisor:
-    """The init's loop: one child, the signals passed on to it, its deadline, the reaping.
+class Init:
+    """The init's loop (not :class:`facerank.supervisor.Supervisor`, which runs ``facerank up``):
+    one child, the signals passed on to it, its deadline, the reaping.
 
     Everything happens in :meth:`run`'s loop, woken through the signal module's wakeup fd
     (one byte per signal, SIGCHLD included); the handlers themselves do nothing, so no signal
@@ -173,7 +174,7 @@ class Supervisor:
 
 
 def _wake(_signum: int, _frame: FrameType | None) -> None:
-    """Nothing: the signal's byte on the wakeup fd is what :meth:`Supervisor.run` acts on."""
+    """Nothing: the signal's byte on the wakeup fd is what :meth:`Init.run` acts on."""
 
 
 def run_component(launcher: int, argv: list[str]) -> NoReturn:
