@@ -31,7 +31,6 @@ from facerank.storage import FolderStore
 from facerank.supervisor import Component, Supervisor
 from tests.plugins.enroller import lfw_photo
 from tests.plugins.faces import encode
-from tests.plugins.http import free_port
 from tests.plugins.models import switch_scene
 from tests.test_up import Up, drop
 
@@ -78,7 +77,11 @@ def supervised(component: Component, env: dict[str, str]) -> Iterator[None]:
 
 
 def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
-    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray, capfd: pytest.CaptureFixture
+    tmp_path: Path,
+    astronaut: np.ndarray,
+    lfw_faces: np.ndarray,
+    capfd: pytest.CaptureFixture,
+    free_port: Callable[[], int],
 ) -> None:
     pytest.importorskip("tensorflow")
     scene = switch_scene(tmp_path, astronaut, lfw_faces, new_version=NEW)
@@ -146,7 +149,7 @@ def photos_in(data_dir: Path) -> dict[str, str]:
 
 
 def test_up_killed_with_sigkill_restarts_on_the_same_data_without_loss_or_duplicates(
-    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
+    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray, free_port: Callable[[], int]
 ) -> None:
     data_dir = tmp_path / "data"
     names = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "PREDICTOR", "WEB", "RETRAIN")

@@ -14,6 +14,7 @@ import base64
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from facerank.registry import ModelRef
 from facerank.reindex import reindex
 from facerank.supervisor import Component, Supervisor
 from tests.plugins.enroller import lfw_photo
-from tests.plugins.http import free_port
 from tests.plugins.models import switch_scene
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ class Clients:
 
 
 def test_switch_under_load_never_answers_from_a_mixed_state(
-    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
+    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray, free_port: Callable[[], int]
 ) -> None:
     scene = switch_scene(tmp_path, astronaut, lfw_faces, new_version=NEW)
     enroller, new_model, query = scene.enroller, scene.new_model, scene.query
