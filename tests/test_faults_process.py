@@ -37,7 +37,6 @@ from tests.test_up import Up, drop
 pytestmark = pytest.mark.slow
 
 OLD, NEW = "lbp-v0", "tiny-v2"
-FIRST = {"astronaut", "lfw-0", "lfw-1", "lfw-2", "lfw-3"}
 WAIT_S = 90.0
 
 
@@ -113,13 +112,15 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
 
     env = {"FACERANK_DATA_DIR": str(tmp_path), "FACERANK_GALLERY_REFRESH_S": "0.2"}
     with supervised(predictor, env):
-        wait_for(lambda: serves(OLD, FIRST), "the old version")
+        wait_for(lambda: serves(OLD, set(scene.first)), "the old version")
 
         registry.begin_switch(ModelRef(NEW))  # pending: enrollments embed with both
-        enroller.add("mid-switch/1.jpg", lfw_photo(lfw_faces, 5))
+        enroller.add("mid-switch/1.jpg", scene.late_photo)
         reindex(gallery, new_model)
         killed = kill("inference", psutil.Process())
-        wait_for(lambda: serves(OLD, {*FIRST, "mid-switch"}), "a restart still on the old version")
+        wait_for(
+            lambda: serves(OLD, {*scene.first, "mid-switch"}), "a restart still on the old version"
+        )
 
         capfd.readouterr()
         registry.complete_switch(NEW, "test")
@@ -132,7 +133,7 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
             time.sleep(0.01)
             output += capfd.readouterr().err
         assert kill("inference", psutil.Process()) != killed
-        wait_for(lambda: serves(NEW, {*FIRST, "mid-switch"}), "a restart on the new version")
+        wait_for(lambda: serves(NEW, {*scene.first, "mid-switch"}), "a restart on the new version")
 
 
 # --- facerank up, killed while enrolling -----------------------------------------------------
