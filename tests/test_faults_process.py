@@ -1,9 +1,11 @@
 """Process faults: processes killed outright (SIGKILL) come back consistent and lose nothing.
 
 * The predictor killed during a model + gallery switch, once while the new version is pending
-  and once just after it became active (while the predictor loads it): restarted by the
-  supervisor, it serves one version with that version's whole gallery, every distance exactly
-  the one between the query's and the stored embedding of that version.
+  and once after it became active, while the predictor holds the new pair loaded but not yet
+  published (held there by :mod:`tests.plugins.paused_switch`, so the kill always lands
+  inside the switch): restarted by the supervisor, it serves one version with that
+  version's whole gallery, every distance exactly the one between the query's and the stored
+  embedding of that version.
 * ``facerank up`` killed while photos are being enrolled: none of its components outlives it
   (they would hold the ports and the data), and the next ``facerank up`` on the same data
   enrolls every photo exactly once, including those added and removed while it was down.
@@ -32,6 +34,7 @@ from facerank.supervisor import Component, Supervisor
 from tests.plugins.enroller import lfw_photo
 from tests.plugins.faces import encode
 from tests.plugins.models import switch_scene
+from tests.plugins.paused_switch import MODULE, PAUSE_DIR_ENV, PAUSED
 from tests.test_up import Up, drop
 
 pytestmark = pytest.mark.slow
@@ -79,7 +82,6 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
     tmp_path: Path,
     astronaut: np.ndarray,
     lfw_faces: np.ndarray,
-    capfd: pytest.CaptureFixture,
     free_port: Callable[[], int],
 ) -> None:
     pytest.importorskip("tensorflow")
@@ -88,8 +90,10 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
     gallery, registry = enroller.handler.gallery, enroller.handler.models.registry
     vectors = scene.query_vectors
 
-    port = free_port()
-    predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    # The predictor as `python -m inference` runs it, held inside its next switch (see MODULE).
+    predictor = Component("predictor", MODULE, free_port(), health_path="/v1/models/facerank")
     url = f"{predictor.url}/v1/models/facerank:predict"
     body = {"instances": [{"image": {"b64": base64.b64encode(query).decode()}, "top_k": 10}]}
 
@@ -110,29 +114,29 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
         found = {m["identity"] for m in face["matches"]}
         return prediction["model_version"] == version and found == identities
 
-    env = {"FACERANK_DATA_DIR": str(tmp_path), "FACERANK_GALLERY_REFRESH_S": "0.2"}
+    env = {
+        "FACERANK_DATA_DIR": str(tmp_path),
+        "FACERANK_GALLERY_REFRESH_S": "0.2",
+        PAUSE_DIR_ENV: str(pause),
+    }
     with supervised(predictor, env):
         wait_for(lambda: serves(OLD, set(scene.first)), "the old version")
 
         registry.begin_switch(ModelRef(NEW))  # pending: enrollments embed with both
         enroller.add("mid-switch/1.jpg", scene.late_photo)
         reindex(gallery, new_model)
-        killed = kill("inference", psutil.Process())
+        killed = kill(MODULE, psutil.Process())
         wait_for(
             lambda: serves(OLD, {*scene.first, "mid-switch"}), "a restart still on the old version"
         )
 
-        capfd.readouterr()
         registry.complete_switch(NEW, "test")
-        # The window: the predictor saw the pointer move and is loading the new pair (its log
-        # line, relayed by the supervisor into this test's output), and serves it not yet.
-        output = ""
-        deadline = time.monotonic() + WAIT_S
-        while f"switching to {NEW}" not in output:
-            assert time.monotonic() < deadline, f"the predictor never began the switch: {output}"
-            time.sleep(0.01)
-            output += capfd.readouterr().err
-        assert kill("inference", psutil.Process()) != killed
+        # The window, held open: the predictor saw the pointer move, loaded the new model and
+        # its gallery aside, and waits before publishing them; it still serves the old pair.
+        wait_for((pause / PAUSED).exists, "the predictor inside the switch")
+        assert (pause / PAUSED).read_text(encoding="utf-8") == NEW
+        assert serves(OLD, {*scene.first, "mid-switch"})
+        assert kill(MODULE, psutil.Process()) != killed
         wait_for(lambda: serves(NEW, {*scene.first, "mid-switch"}), "a restart on the new version")
 
 
