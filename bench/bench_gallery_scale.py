@@ -76,6 +76,7 @@ from facerank.gallery import (  # noqa: E402
 )
 from facerank.gallery.index import SEGMENT_ROWS  # noqa: E402
 from facerank.pipeline import FacePipeline  # noqa: E402
+from facerank.ports import reserved_ports  # noqa: E402
 from facerank.registry import ModelRef  # noqa: E402
 from facerank.registry.locate import load_model  # noqa: E402
 from facerank.reindex import Workers, reindex  # noqa: E402
@@ -126,9 +127,11 @@ def baseline_module(path: str, name: str) -> ModuleType:
 @contextmanager
 def moto_server() -> Iterator[str]:
     """moto's S3 server in its own process (so it does not share this one's GIL)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    with reserved_ports(1) as [port]:  # held until moto is gone
+        yield from _moto_server(port)
+
+
+def _moto_server(port: int) -> Iterator[str]:
     process = subprocess.Popen(  # noqa: S603 - our own interpreter running moto
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

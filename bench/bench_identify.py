@@ -60,6 +60,7 @@ from werkzeug.serving import make_server
 
 from facerank.gallery import Gallery
 from facerank.openset import open_set_threshold
+from facerank.ports import reserved_ports
 from facerank.queries import result_key
 from facerank.registry import ModelRegistry, ServingModels
 from facerank.settings import Settings
@@ -155,19 +156,18 @@ class Webhook:
         return app
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def facerank_up(data_dir: Path, webhook_url: str) -> Iterator[subprocess.Popen[str]]:
+    with reserved_ports(len(PORTS)) as ports:  # held until its components are gone
+        yield from _facerank_up(data_dir, webhook_url, dict(zip(PORTS, ports, strict=True)))
+
+
+def _facerank_up(
+    data_dir: Path, webhook_url: str, ports: dict[str, int]
+) -> Iterator[subprocess.Popen[str]]:
     env = {
         **os.environ,
-        **{f"FACERANK_{name}_PORT": str(free_port()) for name in PORTS},
+        **{f"FACERANK_{name}_PORT": str(port) for name, port in ports.items()},
         "FACERANK_DATA_DIR": str(data_dir),
         "FACERANK_NOTIFY_WEBHOOK_URL": webhook_url,
         "FACERANK_NOTIFY_FILTER": "*",

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from sidebyside import Ratio, time_pair
 from skimage import data as skdata
 
 from facerank.embedding.lbp import LBP_MATCH_THRESHOLD
+from facerank.ports import reserve_port, reserved_port
 from inference.search import GalleryIndex, search
 
 HERE = Path(__file__).resolve().parent
@@ -146,19 +146,13 @@ class Server:
         return int(line.split()[1]) / 1024
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_servers(faces: int) -> Iterator[dict[str, Server]]:
     """Both servers over a ``faces``-face gallery, ready; stopped (and logs removed) after."""
     with ExitStack() as stack:
         servers = {}
         for name in CONTENDERS:
-            port = free_port()
+            port = reserved_port(stack.enter_context(reserve_port()))  # held while it runs
             log = stack.enter_context(tempfile.TemporaryFile())
             command = [sys.executable, str(SERVER_SCRIPT), "--faces", str(faces)]
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and script

@@ -41,10 +41,11 @@ import cv2
 import numpy as np
 import psutil
 import requests
-from bench_predict import free_port, query_jpeg
+from bench_predict import query_jpeg
 from skimage import data as skdata
 
 from facerank.events import ObjectChange, ObjectChangeData, object_event
+from facerank.ports import reserved_ports
 from facerank.settings import Settings
 from facerank.storage import FolderStore
 from functions.enroll.handler import EnrollHandler, build_handler
@@ -201,7 +202,11 @@ def load(url: str, count: int, clients: int, query: tuple[bytes, bytes]) -> Phas
 @contextmanager
 def predictor(data_dir: Path, log: IO[bytes]) -> Iterator[tuple[str, psutil.Process]]:
     """``python -m inference`` on ``data_dir``, ready; its URL and process."""
-    port = free_port()
+    with reserved_ports(1) as [port]:  # held until the predictor is gone
+        yield from _predictor(data_dir, log, port)
+
+
+def _predictor(data_dir: Path, log: IO[bytes], port: int) -> Iterator[tuple[str, psutil.Process]]:
     env = {
         **os.environ,
         "FACERANK_DATA_DIR": str(data_dir),

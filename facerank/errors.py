@@ -26,6 +26,13 @@ class InvalidEventError(FacerankError):
     code = "bad_event"
 
 
+class PortInUseError(ConfigError):
+    """A port a component is configured to listen on is taken by another process: a setting
+    to change (or a process to stop), so it is a configuration error."""
+
+    code = "port_in_use"
+
+
 # --- images -----------------------------------------------------------------------------
 
 

@@ -5,6 +5,9 @@
 upward from the core. The supervisor starts them in dependency order, waits for each one's
 ``/healthz``, relays their logs with a name prefix, restarts a component that dies (with
 backoff, giving up on a crash loop), and stops them in reverse order on Ctrl-C or SIGTERM.
+Every component's port is reserved (:mod:`facerank.ports`) before the first one starts and
+held until all have stopped: a port someone else listens on fails ``facerank up`` at once,
+naming it, and nobody can take a port while its component starts or restarts.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from facerank.errors import FacerankError
+from facerank.ports import reserve_port
 from facerank.serving import loopback_url
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,7 @@ class Supervisor:
         self._restarts: dict[str, int] = {}
         self._started: dict[str, float] = {}
         self._relays: dict[str, threading.Thread] = {}
+        self._reservations: list[socket.socket] = []
         self._lock = threading.Lock()
 
     def __enter__(self) -> Supervisor:
@@ -78,7 +84,13 @@ class Supervisor:
         self.stop()
 
     def start(self) -> None:
-        """Start every component in order, each only once the previous one answers health."""
+        """Start every component in order, each only once the previous one answers health.
+
+        Raises :class:`~facerank.errors.PortInUseError` before starting any when a port is taken.
+        """
+        for component in self.components:
+            purpose = f"the {component.name} port"
+            self._reservations.append(reserve_port(component.port, purpose=purpose))
         for component in self.components:
             self._spawn(component)
             self._wait_ready(component)
@@ -136,6 +148,8 @@ class Supervisor:
         # Their last lines (why they stopped) are relayed before stop returns, not after.
         for relay in self._relays.values():
             relay.join(RELAY_DRAIN_S)
+        while self._reservations:
+            self._reservations.pop().close()
 
     def _spawn(self, component: Component) -> None:
         env = {

@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "pytester",
+    "tests.plugins.http",
     "tests.plugins.s3_server",
     "tests.plugins.faces",
     "tests.plugins.sink",

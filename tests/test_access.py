@@ -1,10 +1,12 @@
 """The API token: who must present it, who presents it, and what stays open.
 
-One pipeline per module runs with ``FACERANK_API_TOKEN`` (and a different webhook token) set,
-as real processes (see :mod:`tests.plugins.pipeline`). The predictor and every function refuse
-a missing or wrong token with 401 and say how to present one; health and readiness stay open;
-the local broker and the event source present the token to the functions, ``facerank query``
-and the web page to the predictor, so the whole pipeline works end to end with it.
+One pipeline per model set-up (the fallback models, then the default ones: see
+:class:`tests.plugins.pretrained.Served`) runs with ``FACERANK_API_TOKEN`` (and a different
+webhook token) set, as real processes (see :mod:`tests.plugins.pipeline`). The predictor and
+every function refuse a missing or wrong token with 401 and say how to present one; health and
+readiness stay open; the local broker and the event source present the token to the functions,
+``facerank query`` and the web page to the predictor, so the whole pipeline works end to end
+with it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
 from tests.plugins.http import serving
 from tests.plugins.pipeline import Pipeline, running_pipeline
+from tests.plugins.pretrained import Served
 from tests.plugins.sink import EventSink
 
 pytestmark = pytest.mark.slow
@@ -64,13 +67,17 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(
-    tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray, sink_server: EventSink
+    tmp_path_factory: pytest.TempPathFactory,
+    astronaut: np.ndarray,
+    sink_server: EventSink,
+    served: Served,
 ) -> Iterator[Secured]:
-    data_dir = tmp_path_factory.mktemp("access") / "data"
-    Enroller(Settings(data_dir=data_dir)).add("astronaut/eileen.jpg", astronaut)
+    """The pipeline with the tokens, on the fallback models, then on the default ones."""
+    data_dir = tmp_path_factory.mktemp(f"access-{served.name}") / "data"
+    Enroller(served.settings(data_dir)).add("astronaut/eileen.jpg", astronaut)
     shot = variant(astronaut[10:400, 60:460], np.random.default_rng(7))
     sink_server.reset()
-    env = {"FACERANK_API_TOKEN": TOKEN, "FACERANK_WEBHOOK_TOKEN": WEBHOOK}
+    env = {"FACERANK_API_TOKEN": TOKEN, "FACERANK_WEBHOOK_TOKEN": WEBHOOK, **served.env}
     with running_pipeline(
         data_dir, tap_url=sink_server.url, tap_type=FACE_ENROLLED, env=env
     ) as pipeline:

@@ -47,7 +47,6 @@ from facerank.events import (
     reply_event,
 )
 from facerank.settings import Settings
-from tests.plugins.http import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -448,7 +447,7 @@ def test_invalid_reply_fails_the_attempt(
 
 
 def test_queued_events_survive_a_restart(
-    start_broker: StartBroker, start_subscriber: StartSubscriber
+    start_broker: StartBroker, start_subscriber: StartSubscriber, free_port: Callable[[], int]
 ) -> None:
     port = free_port()  # nothing listens there yet: every attempt is refused
     subscribers = {"sub-a": f"http://127.0.0.1:{port}", "sub-b": f"http://127.0.0.1:{port}"}
@@ -561,7 +560,7 @@ def test_subscriber_list_parses() -> None:
 
 
 def test_main_serves_and_stops_on_sigterm(
-    tmp_path: Path, start_subscriber: StartSubscriber
+    tmp_path: Path, start_subscriber: StartSubscriber, free_port: Callable[[], int]
 ) -> None:
     a = start_subscriber()
     write_manifests(tmp_path / "eventing", **FAST)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from facerank.errors import FacerankError
 from facerank.storage import S3Store
 from tests.cluster.minio import MinioStandIn
-from tests.cluster.network import Network, free_port, service_links
+from tests.cluster.network import Network, service_links
 from tests.cluster.podenv import expand, kubelet_env
 from tests.cluster.volumes import PodMounts, mount_volumes, unshare_prefix
 from tests.plugins.infra import INFRA
@@ -97,7 +98,7 @@ def test_read_only_mounts_refuse_writes_in_the_pod(tmp_path: Path) -> None:
     assert not (tmp_path / "c" / "c" / "f").exists()
 
 
-def test_minio_stand_in_enforces_each_users_policy() -> None:
+def test_minio_stand_in_enforces_each_users_policy(free_port: Callable[[], int]) -> None:
     """A read-only user cannot write, the root user can, an unknown key cannot do anything."""
     address, port = "127.0.0.1", free_port()
     minio = MinioStandIn(address, port, lambda url: url)

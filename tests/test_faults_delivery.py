@@ -44,7 +44,7 @@ from functions.source.reconcile import Reconciler
 from tests.plugins.enroller import lfw_photo
 from tests.plugins.faces import encode
 from tests.plugins.hostile import store_digest
-from tests.plugins.http import free_port, serving
+from tests.plugins.http import serving
 from tests.plugins.s3_outage import S3Server
 from tests.plugins.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY
 
@@ -212,7 +212,7 @@ def write_eventing(folder: Path) -> Path:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[World]:
     s3 = S3Server(free_port())
     s3.start()
     reset = urllib3.request("POST", f"{s3.endpoint}/moto-api/reset", timeout=10.0)

@@ -1,9 +1,11 @@
 """Process faults: processes killed outright (SIGKILL) come back consistent and lose nothing.
 
 * The predictor killed during a model + gallery switch, once while the new version is pending
-  and once just after it became active (while the predictor loads it): restarted by the
-  supervisor, it serves one version with that version's whole gallery, every distance exactly
-  the one between the query's and the stored embedding of that version.
+  and once after it became active, while the predictor holds the new pair loaded but not yet
+  published (held there by :mod:`tests.plugins.paused_switch`, so the kill always lands
+  inside the switch): restarted by the supervisor, it serves one version with that
+  version's whole gallery, every distance exactly the one between the query's and the stored
+  embedding of that version.
 * ``facerank up`` killed while photos are being enrolled: none of its components outlives it
   (they would hold the ports and the data), and the next ``facerank up`` on the same data
   enrolls every photo exactly once, including those added and removed while it was down.
@@ -31,14 +33,13 @@ from facerank.storage import FolderStore
 from facerank.supervisor import Component, Supervisor
 from tests.plugins.enroller import lfw_photo
 from tests.plugins.faces import encode
-from tests.plugins.http import free_port
 from tests.plugins.models import switch_scene
+from tests.plugins.paused_switch import MODULE, PAUSE_DIR_ENV, PAUSED
 from tests.test_up import Up, drop
 
 pytestmark = pytest.mark.slow
 
 OLD, NEW = "lbp-v0", "tiny-v2"
-FIRST = {"astronaut", "lfw-0", "lfw-1", "lfw-2", "lfw-3"}
 WAIT_S = 90.0
 
 
@@ -78,7 +79,10 @@ def supervised(component: Component, env: dict[str, str]) -> Iterator[None]:
 
 
 def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
-    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray, capfd: pytest.CaptureFixture
+    tmp_path: Path,
+    astronaut: np.ndarray,
+    lfw_faces: np.ndarray,
+    free_port: Callable[[], int],
 ) -> None:
     pytest.importorskip("tensorflow")
     scene = switch_scene(tmp_path, astronaut, lfw_faces, new_version=NEW)
@@ -86,8 +90,10 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
     gallery, registry = enroller.handler.gallery, enroller.handler.models.registry
     vectors = scene.query_vectors
 
-    port = free_port()
-    predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    # The predictor as `python -m inference` runs it, held inside its next switch (see MODULE).
+    predictor = Component("predictor", MODULE, free_port(), health_path="/v1/models/facerank")
     url = f"{predictor.url}/v1/models/facerank:predict"
     body = {"instances": [{"image": {"b64": base64.b64encode(query).decode()}, "top_k": 10}]}
 
@@ -108,28 +114,30 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
         found = {m["identity"] for m in face["matches"]}
         return prediction["model_version"] == version and found == identities
 
-    env = {"FACERANK_DATA_DIR": str(tmp_path), "FACERANK_GALLERY_REFRESH_S": "0.2"}
+    env = {
+        "FACERANK_DATA_DIR": str(tmp_path),
+        "FACERANK_GALLERY_REFRESH_S": "0.2",
+        PAUSE_DIR_ENV: str(pause),
+    }
     with supervised(predictor, env):
-        wait_for(lambda: serves(OLD, FIRST), "the old version")
+        wait_for(lambda: serves(OLD, set(scene.first)), "the old version")
 
         registry.begin_switch(ModelRef(NEW))  # pending: enrollments embed with both
-        enroller.add("mid-switch/1.jpg", lfw_photo(lfw_faces, 5))
+        enroller.add("mid-switch/1.jpg", scene.late_photo)
         reindex(gallery, new_model)
-        killed = kill("inference", psutil.Process())
-        wait_for(lambda: serves(OLD, {*FIRST, "mid-switch"}), "a restart still on the old version")
+        killed = kill(MODULE, psutil.Process())
+        wait_for(
+            lambda: serves(OLD, {*scene.first, "mid-switch"}), "a restart still on the old version"
+        )
 
-        capfd.readouterr()
         registry.complete_switch(NEW, "test")
-        # The window: the predictor saw the pointer move and is loading the new pair (its log
-        # line, relayed by the supervisor into this test's output), and serves it not yet.
-        output = ""
-        deadline = time.monotonic() + WAIT_S
-        while f"switching to {NEW}" not in output:
-            assert time.monotonic() < deadline, f"the predictor never began the switch: {output}"
-            time.sleep(0.01)
-            output += capfd.readouterr().err
-        assert kill("inference", psutil.Process()) != killed
-        wait_for(lambda: serves(NEW, {*FIRST, "mid-switch"}), "a restart on the new version")
+        # The window, held open: the predictor saw the pointer move, loaded the new model and
+        # its gallery aside, and waits before publishing them; it still serves the old pair.
+        wait_for((pause / PAUSED).exists, "the predictor inside the switch")
+        assert (pause / PAUSED).read_text(encoding="utf-8") == NEW
+        assert serves(OLD, {*scene.first, "mid-switch"})
+        assert kill(MODULE, psutil.Process()) != killed
+        wait_for(lambda: serves(NEW, {*scene.first, "mid-switch"}), "a restart on the new version")
 
 
 # --- facerank up, killed while enrolling -----------------------------------------------------
@@ -146,7 +154,7 @@ def photos_in(data_dir: Path) -> dict[str, str]:
 
 
 def test_up_killed_with_sigkill_restarts_on_the_same_data_without_loss_or_duplicates(
-    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
+    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray, free_port: Callable[[], int]
 ) -> None:
     data_dir = tmp_path / "data"
     names = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "PREDICTOR", "WEB", "RETRAIN")

@@ -1,7 +1,8 @@
 """The hostile corpus against the running pipeline: refused everywhere, nothing dies or changes.
 
-One pipeline per module (enroll, broker, event source, predictor as real processes, see
-:mod:`tests.plugins.pipeline`) over a gallery holding one enrolled face. Every item of the
+One pipeline per model set-up (enroll, broker, event source, predictor as real processes, see
+:mod:`tests.plugins.pipeline`) over a gallery holding one enrolled face: on the fallback
+models, then on the default ones (:class:`tests.plugins.pretrained.Served`). Every item of the
 corpus (:mod:`tests.plugins.hostile`) goes through the enroll function over HTTP, the event
 source (folder watcher and MinIO webhook), the predictor (V1 and V2) and the CLI (``detect``,
 ``embed``, ``query``, ``upload``, ``gallery rm``). Each must get its typed refusal, and after
@@ -35,7 +36,6 @@ from facerank.cli.main import main as facerank_main
 from facerank.errors import InvalidIdentityError
 from facerank.events import FACE_REJECTED, ObjectChangeData, object_event
 from facerank.gallery import normalise_identity
-from facerank.settings import Settings
 from facerank.storage import FolderStore
 from facerank.storage.keys import shown
 from tests.plugins.enroller import Enroller
@@ -50,6 +50,7 @@ from tests.plugins.hostile import (
     store_digest,
 )
 from tests.plugins.pipeline import Pipeline, running_pipeline
+from tests.plugins.pretrained import Served
 from tests.plugins.sink import EventSink
 
 pytestmark = pytest.mark.slow
@@ -104,13 +105,19 @@ class Stage:
 
 @pytest.fixture(scope="module")
 def stage(
-    tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray, sink_server: EventSink
+    tmp_path_factory: pytest.TempPathFactory,
+    astronaut: np.ndarray,
+    sink_server: EventSink,
+    served: Served,
 ) -> Iterator[Stage]:
-    data_dir = tmp_path_factory.mktemp("hostile") / "data"
-    Enroller(Settings(data_dir=data_dir)).add("astronaut/eileen.jpg", astronaut)
+    """The pipeline on the fallback models, then on the default ones (``served``)."""
+    data_dir = tmp_path_factory.mktemp(f"hostile-{served.name}") / "data"
+    Enroller(served.settings(data_dir)).add("astronaut/eileen.jpg", astronaut)
     store = FolderStore(data_dir / "buckets")
     sink_server.reset()
-    with running_pipeline(data_dir, tap_url=sink_server.url, tap_type=FACE_REJECTED) as pipeline:
+    with running_pipeline(
+        data_dir, tap_url=sink_server.url, tap_type=FACE_REJECTED, env=served.env
+    ) as pipeline:
         yield Stage(
             pipeline, store, store_digest(store, KEPT), sink_server, encode(astronaut, "JPEG")
         )

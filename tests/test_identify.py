@@ -7,7 +7,7 @@ real enroll handler; the handler runs in-process so a test can count what it ask
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from facerank.events import (
     object_event,
 )
 from facerank.gallery import Gallery
+from facerank.ports import reserved_ports
 from facerank.predictor import PredictorUnauthorizedError, PredictorUnavailableError
 from facerank.queries import QueryResults, result_key
 from facerank.settings import Settings
@@ -37,7 +38,7 @@ from functions.source.emitter import Emitter, Outcome
 from functions.source.reconcile import Reconciler
 from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
-from tests.plugins.http import free_port, serving
+from tests.plugins.http import serving
 from tests.plugins.sink import EventSink
 
 SOURCE = "file:///test/queries"
@@ -59,14 +60,14 @@ def world(
     enroller.add("eileen/1.jpg", astronaut)
     for identity, index in (("lfw-0", 0), ("lfw-1", 1), ("lfw-3", 3)):
         enroller.add(f"{identity}/1.jpg", lfw_photo(lfw_faces, index))
-    port = free_port()
-    predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
-    with Supervisor([predictor], env={"FACERANK_DATA_DIR": str(data_dir)}) as supervisor:
-        supervisor.start()
-        settings = Settings(data_dir=data_dir, predictor_url=predictor.url)
-        store = FolderStore(settings.buckets_dir)
-        store.ensure_bucket(settings.queries_bucket)
-        yield World(settings, store)
+    with reserved_ports(1) as [port]:
+        predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
+        with Supervisor([predictor], env={"FACERANK_DATA_DIR": str(data_dir)}) as supervisor:
+            supervisor.start()
+            settings = Settings(data_dir=data_dir, predictor_url=predictor.url)
+            store = FolderStore(settings.buckets_dir)
+            store.ensure_bucket(settings.queries_bucket)
+            yield World(settings, store)
 
 
 class Counting:
@@ -246,7 +247,7 @@ def test_results_and_other_buckets_are_not_photos_to_identify(
 
 
 def test_an_unreachable_predictor_is_a_503_so_the_broker_retries(
-    world: World, astronaut: np.ndarray
+    world: World, astronaut: np.ndarray, free_port: Callable[[], int]
 ) -> None:
     settings = world.settings.replace(predictor_url=f"http://127.0.0.1:{free_port()}")
     handler = build_handler(settings, world.store)

@@ -8,7 +8,7 @@ the webhook through the notify function, and deleting a photo deletes its result
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,6 @@ import pytest
 from tests.plugins.cli import run_facerank
 from tests.plugins.enroller import lfw_photo
 from tests.plugins.faces import encode
-from tests.plugins.http import free_port
 from tests.plugins.webhook import Webhook
 from tests.test_up import READY, Up, another_shot, drop, identities, top_identity
 
@@ -25,7 +24,7 @@ PORTS = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "RETRAIN", "PREDICT
 
 
 @pytest.fixture
-def up(tmp_path: Path, webhook: Webhook) -> Iterator[Up]:
+def up(tmp_path: Path, webhook: Webhook, free_port: Callable[[], int]) -> Iterator[Up]:
     env = {f"FACERANK_{name}_PORT": str(free_port()) for name in PORTS}
     env |= {
         "FACERANK_RECONCILE_INTERVAL": "2",

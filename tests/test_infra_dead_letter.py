@@ -21,8 +21,8 @@ from cloudevents.http import CloudEvent
 
 from facerank.cehttp import to_binary
 from facerank.events import OBJECT_CREATED
+from facerank.ports import reserved_ports
 from functions.deadletter.app import BUCKET, dead_letter_key
-from tests.plugins.http import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,11 @@ def dead_letter(**extra: str) -> CloudEvent:
 @pytest.fixture(scope="module")
 def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     data_dir = tmp_path_factory.mktemp("dead-letter")
-    port = free_port()
+    with reserved_ports(1) as [port]:
+        yield from _serving_sink(data_dir, port)
+
+
+def _serving_sink(data_dir: Path, port: int) -> Iterator[tuple[str, Path]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "functions.deadletter"],
         cwd=ROOT,

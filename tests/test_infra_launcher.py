@@ -9,7 +9,7 @@ call against the rendered facerank-retrain Role, so these tests also prove that 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kubernetes_validate
@@ -33,7 +33,7 @@ from functions.retrain.kubernetes import (
     run_status,
     service_for_run,
 )
-from tests.plugins.http import free_port, serving
+from tests.plugins.http import serving
 from tests.plugins.infra import get, rendered
 from tests.plugins.kube_api import KUBERNETES_VERSION, FakeKubernetes
 
@@ -304,7 +304,7 @@ def test_the_fake_api_refuses_invalid_objects(
     assert fake.objects == {}
 
 
-def test_an_unreachable_api_is_retryable() -> None:
+def test_an_unreachable_api_is_retryable(free_port: Callable[[], int]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     launcher = KubernetesTrainingLauncher(
         NAMESPACE, "facerank-trainer", client.ApiClient(client.Configuration(host=url))

@@ -14,6 +14,7 @@ import base64
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,14 @@ import requests
 from facerank.registry import ModelRef
 from facerank.reindex import reindex
 from facerank.supervisor import Component, Supervisor
-from tests.plugins.enroller import lfw_photo
-from tests.plugins.http import free_port
 from tests.plugins.models import switch_scene
+from tests.plugins.pretrained import Served
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("tensorflow")
 
-OLD, NEW = "lbp-v0", "tiny-v2"
+NEW = "tiny-v2"
 CLIENTS = 4
-ENROLLED_FIRST = {"astronaut", "lfw-0", "lfw-1", "lfw-2", "lfw-3"}
 
 
 class Clients:
@@ -102,21 +101,31 @@ class Clients:
 
 
 def test_switch_under_load_never_answers_from_a_mixed_state(
-    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray
+    tmp_path: Path,
+    astronaut: np.ndarray,
+    lfw_faces: np.ndarray,
+    free_port: Callable[[], int],
+    served: Served,
 ) -> None:
-    scene = switch_scene(tmp_path, astronaut, lfw_faces, new_version=NEW)
+    """From the fallback model, and from the default one (SSD boxes, landmark alignment)."""
+    scene = switch_scene(tmp_path, astronaut, lfw_faces, new_version=NEW, served=served)
     enroller, new_model, query = scene.enroller, scene.new_model, scene.query
     gallery, registry = enroller.handler.gallery, enroller.handler.models.registry
+    old = scene.old_version
 
     port = free_port()
-    env = {"FACERANK_DATA_DIR": str(tmp_path), "FACERANK_GALLERY_REFRESH_S": "0.2"}
+    env = {
+        "FACERANK_DATA_DIR": str(tmp_path),
+        "FACERANK_GALLERY_REFRESH_S": "0.2",
+        **served.env,
+    }
     predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
     with Supervisor([predictor], env=env) as supervisor:
         supervisor.start()
         with Clients(predictor.url, query) as clients:
-            clients.wait_for(OLD, 30)
+            clients.wait_for(old, 30)
             registry.begin_switch(ModelRef(NEW))
-            enroller.add("mid-switch/1.jpg", lfw_photo(lfw_faces, 5))
+            enroller.add("mid-switch/1.jpg", scene.late_photo)
             reindex(gallery, new_model)
             registry.complete_switch(NEW, "test")
             clients.wait_for(NEW, 60, each=3)  # every client served by the new pair
@@ -126,13 +135,13 @@ def test_switch_under_load_never_answers_from_a_mixed_state(
         assert {status for status, _ in replies} == {200}
         versions = [body["predictions"][0]["model_version"] for _, body in replies]
         switched_at = versions.index(NEW) if NEW in versions else len(versions)
-        assert set(versions[:switched_at]) <= {OLD}
+        assert set(versions[:switched_at]) <= {old}
         assert set(versions[switched_at:]) <= {NEW}
         for _, body in replies:
             prediction = body["predictions"][0]
             version = prediction["model_version"]
             [face] = prediction["faces"]
-            assert {m["identity"] for m in face["matches"]} >= ENROLLED_FIRST  # a whole gallery
+            assert {m["identity"] for m in face["matches"]} >= scene.first  # a whole gallery
             for match in face["matches"]:
                 stored = gallery.embedding(match["face_id"], version)
                 expected = float(np.linalg.norm(scene.query_vectors[version] - stored))
@@ -142,4 +151,4 @@ def test_switch_under_load_never_answers_from_a_mixed_state(
     last = next(body for _, body in reversed(clients.replies[0]))
     identities = {m["identity"] for m in last["predictions"][0]["faces"][0]["matches"]}
     assert "mid-switch" in identities  # enrolled during the switch, not lost by it
-    assert OLD in clients.versions_seen()
+    assert old in clients.versions_seen()

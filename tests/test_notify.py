@@ -6,6 +6,7 @@ The webhook is a real HTTP server on a loopback port, the function its real Flas
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from cloudevents.http import CloudEvent
@@ -15,7 +16,6 @@ from facerank.cehttp import to_binary
 from facerank.events import FACE_ENROLLED, FACE_IDENTIFIED
 from functions.notify.app import create_app
 from functions.notify.handler import NotifyFilter, NotifyHandler
-from tests.plugins.http import free_port
 from tests.plugins.webhook import Webhook
 
 
@@ -131,7 +131,9 @@ def test_webhook_failures_are_retried_by_the_broker_and_refusals_dead_lettered(
     assert len(hook.bodies) == 1
 
 
-def test_an_unreachable_webhook_is_retryable_and_its_url_never_echoed() -> None:
+def test_an_unreachable_webhook_is_retryable_and_its_url_never_echoed(
+    free_port: Callable[[], int],
+) -> None:
     secret_url = f"http://127.0.0.1:{free_port()}/services/T000/B000/secret-token"
     app = create_app(NotifyHandler(secret_url, NotifyFilter.parse("*")))
     headers, body = to_binary(identified(["alice"]))

@@ -26,11 +26,11 @@ from kserve import InferInput, InferRequest
 from kserve.inference_client import InferenceRESTClient, RESTConfig
 
 from facerank.embedding.lbp import LBP_MATCH_THRESHOLD
+from facerank.ports import reserved_ports
 from facerank.settings import Settings
 from facerank.supervisor import Component, Supervisor
 from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
-from tests.plugins.http import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,6 @@ def server(
     enroller.add("astronaut/eileen.jpg", astronaut)
     for identity, index in LFW_IDENTITIES.items():
         enroller.add(f"{identity}/1.jpg", lfw_photo(lfw_faces, index))
-    port = free_port()
     env = {
         "FACERANK_DATA_DIR": str(data_dir),
         "FACERANK_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
@@ -92,10 +91,11 @@ def server(
         "FACERANK_OPEN_SET_FAR": "0",
     }
     # The same supervisor and readiness check as `facerank up`, so this is the real start-up.
-    predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
-    with Supervisor([predictor], env=env) as supervisor:
-        supervisor.start()
-        yield Server(predictor.url, enroller)
+    with reserved_ports(1) as [port]:
+        predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
+        with Supervisor([predictor], env=env) as supervisor:
+            supervisor.start()
+            yield Server(predictor.url, enroller)
 
 
 @pytest.fixture(scope="module")

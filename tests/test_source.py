@@ -43,7 +43,7 @@ from functions.source.app import create_app
 from functions.source.aws import confirmation_allowed
 from functions.source.emitter import Emitter
 from functions.source.verdicts import RejectedVersions
-from tests.plugins.http import free_port, serving
+from tests.plugins.http import serving
 from tests.plugins.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.plugins.sink import EventSink
 
@@ -596,7 +596,9 @@ def test_entry_point_refuses_to_start_without_a_sink(tmp_path: Path) -> None:
     assert "K_SINK is not set" in output
 
 
-def test_a_knative_revision_without_its_sink_waits_for_the_binding(tmp_path: Path) -> None:
+def test_a_knative_revision_without_its_sink_waits_for_the_binding(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     """The first revision, made before the SinkBinding injected K_SINK, must not fail (a failed
     revision stays behind): it stays up and healthy and refuses pushes with 503, so MinIO
     queues them and the Broker retries them for the revision that has the sink."""
@@ -632,7 +634,7 @@ def wait_until_healthy(url: str, timeout: float = 30.0) -> None:
 
 
 def test_entry_point_runs_every_feed_and_stops_on_sigterm(
-    tmp_path: Path, event_sink: EventSink
+    tmp_path: Path, event_sink: EventSink, free_port: Callable[[], int]
 ) -> None:
     store = FolderStore(tmp_path / "buckets")
     store.ensure_bucket("faces")

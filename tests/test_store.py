@@ -45,7 +45,6 @@ from facerank.storage.keys import (
     is_valid_key,
     normalise_metadata,
 )
-from tests.plugins.http import free_port
 from tests.plugins.s3_server import S3_ACCESS_KEY, S3_SECRET_KEY
 
 BUCKET = "faces"
@@ -735,7 +734,7 @@ def test_crash_mid_put_leaves_the_old_object_and_no_visible_debris(
 # --- S3 store ------------------------------------------------------------------------------
 
 
-def test_unreachable_endpoint_fails_fast_and_retryable() -> None:
+def test_unreachable_endpoint_fails_fast_and_retryable(free_port: Callable[[], int]) -> None:
     store = S3Store(f"http://127.0.0.1:{free_port()}", S3_ACCESS_KEY, S3_SECRET_KEY)
     started = time.monotonic()
 

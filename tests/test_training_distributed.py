@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +22,6 @@ import pytest
 from facerank.embedding import load_embedder
 from facerank.evaluation.metrics import evaluate_embeddings
 from tests.plugins.faces import labelled_chips
-from tests.plugins.http import free_port
 from training.backbones import backbone_chip
 from training.config import TrainConfig
 from training.data import read_dataset, split_by_identity, write_dataset
@@ -128,7 +128,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(
 
 
 def test_a_worker_whose_peer_never_starts_exits_within_its_deadline(
-    tmp_path: Path, lfw_faces: np.ndarray
+    tmp_path: Path, lfw_faces: np.ndarray, free_port: Callable[[], int]
 ) -> None:
     run = prepare(tmp_path, lfw_faces, "alone", startup_timeout_s=6.0)
     tf_config = {

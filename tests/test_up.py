@@ -26,7 +26,6 @@ from facerank.settings import Settings
 from facerank.storage import FolderStore
 from tests.plugins.cli import run_facerank
 from tests.plugins.faces import encode
-from tests.plugins.http import free_port
 
 READY = "facerank is up"
 
@@ -80,7 +79,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start_up(data_dir: Path) -> Iterator[Callable[..., Up]]:
+def start_up(data_dir: Path, free_port: Callable[[], int]) -> Iterator[Callable[..., Up]]:
     names = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "RETRAIN", "PREDICTOR", "WEB")
     env = {f"FACERANK_{name}_PORT": str(free_port()) for name in names}
     env["FACERANK_RECONCILE_INTERVAL"] = "1"  # many reconcile passes in a short test

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ from tests.test_predictor import (  # noqa: F401  (module-scoped fixtures, reuse
     MAX_IMAGE_BYTES,
     Server,
     astronaut_query,
-    free_port,
     lfw_photo,
     server,
 )
@@ -113,7 +112,11 @@ def test_bad_uploads_say_why(web: str, files: dict, status: int, message: str) -
     assert message in response.json()["error"]
 
 
-def test_predictor_down_answers_503(server: Server, astronaut_query: bytes) -> None:  # noqa: F811
+def test_predictor_down_answers_503(
+    server: Server,  # noqa: F811
+    astronaut_query: bytes,  # noqa: F811
+    free_port: Callable[[], int],
+) -> None:
     app = create_app(settings(), server.enroller.store, f"http://127.0.0.1:{free_port()}")
     with serving(app) as url:
         response = query(url, astronaut_query)
@@ -121,7 +124,9 @@ def test_predictor_down_answers_503(server: Server, astronaut_query: bytes) -> N
     assert "not reachable" in response.json()["error"]
 
 
-def test_gallery_nobody_enrolled_into_is_empty_not_an_error(tmp_path: Path) -> None:
+def test_gallery_nobody_enrolled_into_is_empty_not_an_error(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     app = create_app(settings(), FolderStore(tmp_path), f"http://127.0.0.1:{free_port()}")
     with serving(app) as url:
         listing = requests.get(f"{url}/identities", timeout=10)

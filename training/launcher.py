@@ -4,7 +4,7 @@
 (``functions.retrain.kubernetes.KubernetesTrainingLauncher``) so the retrain function drives
 either one: ``start`` returns at once, ``status`` is polled, ``delete`` stops the workers. It
 behaves like the Indexed Job the other one creates: every worker gets ``TF_CONFIG`` naming all
-of them on free loopback ports (real gRPC collectives, as between pods), logs go to the run's
+of them on loopback ports (real gRPC collectives, as between pods), logs go to the run's
 ``logs/worker-<i>.log``, a failed worker is retried, and the run fails at its deadline.
 
 Retries: when a worker exits with an error, its peers cannot go on (their collectives lost a
@@ -16,6 +16,11 @@ launcher ends a run as failed and the chief left no ``result.json`` saying why, 
 Workers are killed with SIGKILL: TensorFlow's preemption notifier catches SIGTERM and a worker
 blocked in a collective would not notice it; checkpoints are written atomically, so nothing
 is lost that a graceful stop would have kept.
+
+Ports: TensorFlow's gRPC server binds the port ``TF_CONFIG`` names itself, so the launcher
+cannot hand it a listening socket; it reserves each attempt's ports (:mod:`facerank.ports`)
+until that attempt's workers are gone, so no other process can take one before its worker
+binds it (a port picked free and released was lost that way to whoever bound next).
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from facerank.ports import reserve_port, reserved_port
 from training.cluster import Cluster
 from training.errors import RunNotFoundError
 from training.rundir import RUNS, RunDir
@@ -54,6 +59,8 @@ class _Run:
     deadline: float
     """``time.monotonic()`` after which the run fails."""
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    reservations: list[socket.socket] = field(default_factory=list)
+    """The current attempt's worker ports, held until its workers are gone."""
     attempt: int = 0
     attempt_started: float = 0.0
     """Wall-clock time the current attempt's processes were spawned."""
@@ -138,7 +145,7 @@ class LocalTrainingLauncher:
             state = self._runs.pop(run_id, None)
         if state is not None:
             state.outcome = state.outcome or "failed"
-            _kill(state.processes)
+            _stop_workers(state)
             state.done.set()
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunStatus:
@@ -169,7 +176,9 @@ class LocalTrainingLauncher:
     def _spawn(self, state: _Run) -> None:
         state.attempt += 1
         state.attempt_started = time.time()
-        cluster_workers = tuple(f"127.0.0.1:{port}" for port in free_ports(state.workers))
+        _stop_workers(state)  # the previous attempt's, if any: already killed, ports released
+        state.reservations = [reserve_port() for _ in range(state.workers)]
+        cluster_workers = tuple(f"127.0.0.1:{reserved_port(s)}" for s in state.reservations)
         state.run.logs_dir.mkdir(parents=True, exist_ok=True)
         header = f"=== attempt {state.attempt}, cluster {', '.join(cluster_workers)} ===\n"
         processes = []
@@ -204,7 +213,7 @@ class LocalTrainingLauncher:
             elif time.monotonic() > state.deadline:
                 self._end(state, "failed", "deadline_exceeded", "the run passed its deadline")
             elif failed:
-                _kill(state.processes)
+                _stop_workers(state)
                 reason = f"attempt {state.attempt}: worker exit codes {codes}"
                 if EXIT_FINAL in failed:
                     self._end(state, "failed", "training_failed", f"{reason} (permanent)")
@@ -218,7 +227,7 @@ class LocalTrainingLauncher:
             state.done.wait(POLL_S)
 
     def _end(self, state: _Run, outcome: RunStatus, code: str = "", message: str = "") -> None:
-        _kill(state.processes)
+        _stop_workers(state)
         recorded = state.run.read_result()
         if outcome == "failed" and recorded is not None and recorded["status"] == "succeeded":
             outcome = "succeeded"  # the chief finished; a peer failed on the way out
@@ -236,21 +245,16 @@ class LocalTrainingLauncher:
         state.done.set()
 
 
-def _kill(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
+def _stop_workers(state: _Run) -> None:
+    """Kill the attempt's workers, then release their ports (never before: see the module)."""
+    for process in state.processes:
         if process.poll() is None:
             process.kill()
-    for process in processes:
+    for process in state.processes:
         process.wait()
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports free right now (held together while chosen)."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+    released, state.reservations = state.reservations, []
+    for reservation in released:
+        reservation.close()
 
 
 def run_local(

@@ -26,7 +26,7 @@ from minio import Minio
 from tests.cluster.image import ImageConfig, images
 from tests.cluster.jobs import JobController, serve_api
 from tests.cluster.minio import MinioStandIn, setup_plan, webhooks
-from tests.cluster.network import Network, free_port, knative_services, service_links
+from tests.cluster.network import Network, knative_services, service_links
 from tests.cluster.podenv import kubelet_env, translate
 from tests.cluster.pods import PodProcess
 from tests.cluster.volumes import Mount, PodMounts, mount_volumes, secret_data
@@ -139,6 +139,7 @@ class Deployment:
             self.minio.stop()
         for stop in getattr(self, "_stoppers", []):
             stop()
+        self.network.release()
 
     def _plan_services(self, ours: list[Workload]) -> None:
         core = [d for d in self.documents if d["kind"] == "Service" and group_of(d) != KNATIVE]
@@ -150,7 +151,9 @@ class Deployment:
         """Knative Services listen on ``PORT``, which the harness picks (every pod shares this
         machine's ports, and KServe binds all interfaces); others on their container port,
         at their own pod address."""
-        return free_port() if workload.knative_service else workload.container_port()
+        return (
+            self.network.reserve_port() if workload.knative_service else workload.container_port()
+        )
 
     def _route(self, workload: Workload, address: str, port: int) -> None:
         if workload.knative_service:
@@ -235,7 +238,7 @@ class Deployment:
         role = find(self.documents, "Role", "facerank-retrain")
         self.kube = FakeKubernetes(self.namespace, role)
         self.kube.seed(d for d in self.documents if d["kind"] == "PodTemplate")
-        address, port = self.network.pod_ip(), free_port()
+        address, port = self.network.pod_ip(), self.network.reserve_port()
         folder = self.folder / "kubernetes"
         folder.mkdir()
         self._stoppers = [serve_api(self.kube, address, port, folder)]
@@ -260,7 +263,7 @@ class Deployment:
         eventing = [d for d in self.documents if d["kind"] in ("Broker", "Trigger")]
         (folder / "eventing.yaml").write_text(yaml.safe_dump_all(eventing), encoding="utf-8")
         [broker] = [d for d in eventing if d["kind"] == "Broker"]
-        address, port = self.network.pod_ip(), free_port()
+        address, port = self.network.pod_ip(), self.network.reserve_port()
         subscribers = ",".join(
             f"{w.name}={self.network.url(f'http://{w.name}.{self.namespace}.svc.cluster.local')}"
             for w in ours
@@ -496,7 +499,7 @@ class Deployment:
         name, subdomain = job["metadata"]["name"], spec.get("subdomain", "")
         for i in range(job["spec"]["completions"]):
             key = f"{name}-{i}"
-            self._worker_ports.setdefault(key, free_port())
+            self._worker_ports.setdefault(key, self.network.reserve_port())
             if subdomain and self.kube and self.kube.get("services", subdomain):
                 self.network.expose(
                     f"{key}.{subdomain}", 2222, "127.0.0.1", self._worker_ports[key]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from facerank.ports import reserve_port, reserved_port
+
 CLUSTER_DOMAIN = "cluster.local"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -104,14 +106,6 @@ def service_links(
     return env
 
 
-def free_port(host: str = "0.0.0.0") -> int:  # noqa: S104 - probing, not serving
-    """A port nothing listens on at ``host`` right now (all interfaces by default, since some
-    servers, KServe's and TensorFlow's, bind every interface whatever they are told)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Network:
     """Pod and cluster IPs of one deployment, and its DNS table."""
@@ -127,6 +121,19 @@ class Network:
     """(DNS name, Service port) -> (address, port) of the process behind it."""
     prefixes: dict[str, str] = field(default_factory=dict)
     """URL prefix -> replacement, for addresses with a path (a Broker's ingress)."""
+    _reservations: list[socket.socket] = field(default_factory=list)
+
+    def reserve_port(self) -> int:
+        """A port for one of the deployment's processes, held (:mod:`facerank.ports`, on every
+        interface: KServe's and TensorFlow's servers bind them all whatever they are told)
+        until :meth:`release`, so no other process takes it before or between its binds."""
+        self._reservations.append(reserve_port())
+        return reserved_port(self._reservations[-1])
+
+    def release(self) -> None:
+        """Give back every reserved port (the deployment's processes are gone)."""
+        while self._reservations:
+            self._reservations.pop().close()
 
     def pod_ip(self) -> str:
         """A fresh loopback address for one pod, checked to be bindable."""

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import pytest
 from werkzeug.serving import make_server
 
-_RANDOM = random.SystemRandom()
+from facerank.ports import reserve_port, reserved_port
 
 
 @contextmanager
@@ -28,25 +26,11 @@ def serving(app: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
-def free_port() -> int:
-    """A loopback port for a child process to bind later (when it cannot be handed port 0).
-
-    Not a port the kernel hands out itself: between our release and the child's bind, any
-    outgoing connection on this busy machine (HTTP clients, moto, other test runs) may be
-    given that same ephemeral port as its source port, and the child then fails to bind. So
-    the port is drawn at random below the kernel's ephemeral range, where connections never
-    get one, and checked free by binding it. In-process servers bind port 0 (:func:`serving`).
-    """
-    low = int(EPHEMERAL.read_text().split()[0]) if EPHEMERAL.is_file() else 32768
-    for _ in range(100):
-        port = _RANDOM.randrange(max(1024, low - 12000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port below {low} after 100 tries")
+@pytest.fixture
+def free_port() -> Iterator[Callable[[], int]]:
+    """Call it for a port a child process (or a server started later) binds: reserved for this
+    test (:mod:`facerank.ports`), so nothing else can bind it or connect from it meanwhile, and
+    a URL on it is refused until its server listens. Fixtures of wider scope use
+    :func:`facerank.ports.reserved_ports`; in-process servers bind port 0 (:func:`serving`)."""
+    with ExitStack() as reservations:
+        yield lambda: reserved_port(reservations.enter_context(reserve_port()))

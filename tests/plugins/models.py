@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.embedding import LbpEmbedder
 from facerank.embedding.savedmodel import ModelCard, SavedModelEmbedder, export_embedder
 from facerank.faces.align import ARCFACE_CHIP_112, ChipSpec
 from facerank.pipeline import FacePipeline
+from facerank.registry import ModelRef
 from facerank.settings import Settings
 from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
+from tests.plugins.pretrained import FALLBACK, Served
 
 
 def export_tiny_model(directory: Path, *, version: str, chip: ChipSpec, seed: int = 7) -> ModelCard:
@@ -35,8 +36,8 @@ def export_tiny_model(directory: Path, *, version: str, chip: ChipSpec, seed: in
 
 @dataclass(frozen=True)
 class SwitchScene:
-    """A gallery enrolled with ``lbp-v0``, a second model in the shared model folder, and a
-    query whose embedding by either version is known: what a model switch test needs."""
+    """A gallery enrolled with the served model, a second model in the shared model folder,
+    and a query whose embedding by either version is known: what a model switch test needs."""
 
     settings: Settings
     enroller: Enroller
@@ -44,25 +45,47 @@ class SwitchScene:
     query: bytes
     query_vectors: dict[str, np.ndarray]
     """The query's embedding by each version, to recompute every distance a reply gives."""
+    old_version: str
+    late_photo: np.ndarray
+    """One more identity's photo, for an enrollment during the switch."""
+
+    first: frozenset[str] = frozenset({"astronaut", *(f"other-{i}" for i in range(4))})
+    """The identities enrolled before the switch."""
 
 
 def switch_scene(
-    data_dir: Path, astronaut: np.ndarray, lfw_faces: np.ndarray, *, new_version: str
+    data_dir: Path,
+    astronaut: np.ndarray,
+    lfw_faces: np.ndarray,
+    *,
+    new_version: str,
+    served: Served = FALLBACK,
 ) -> SwitchScene:
-    """Five identities enrolled with lbp-v0 and ``new_version`` exported beside them."""
-    settings = Settings(data_dir=data_dir, model="lbp-v0")
+    """Five identities enrolled with ``served``'s model and ``new_version`` exported beside them.
+
+    On the fallback the other identities are LFW faces (Haar finds them); the SSD detector of
+    the default finds few of those 25 px faces, so there they are re-shots of the astronaut:
+    a switch test asks which version answered and with which gallery, not who is who.
+    """
+    settings = served.settings(data_dir, model=served.version)
     enroller = Enroller(settings)
+
+    def photo(i: int) -> np.ndarray:
+        if served is FALLBACK:
+            return lfw_photo(lfw_faces, i)
+        return variant(astronaut[:420, 40:480], np.random.default_rng(100 + i))
+
     enroller.add("astronaut/eileen.jpg", astronaut)
     for i in range(4):
-        enroller.add(f"lfw-{i}/1.jpg", lfw_photo(lfw_faces, i))
+        enroller.add(f"other-{i}/1.jpg", photo(i))
     assert settings.shared_dir is not None
     new_dir = settings.shared_dir / "models" / new_version
     export_tiny_model(new_dir, version=new_version, chip=ARCFACE_CHIP_112)
     new_model = SavedModelEmbedder(new_dir)
     query = encode(variant(astronaut[:400, 60:460], np.random.default_rng(5)), "JPEG", quality=90)
     vectors = {}
-    for embedder in (LbpEmbedder(), new_model):
+    for embedder in (enroller.handler.models.embedder(ModelRef(served.version)), new_model):
         pipeline = FacePipeline.from_settings(settings, embedder)
         faces = pipeline.analyze(pipeline.decode(query).pixels).faces
         vectors[embedder.model_version] = pipeline.embed(faces)[0]
-    return SwitchScene(settings, enroller, new_model, query, vectors)
+    return SwitchScene(settings, enroller, new_model, query, vectors, served.version, photo(5))

@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 
 from facerank.broker.subscribers import SUBSCRIBERS_ENV
+from facerank.ports import reserved_ports
 from facerank.settings import Settings
 from facerank.supervisor import Component, Supervisor
-from tests.plugins.http import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TAP_TRIGGER = "test-tap"
@@ -73,7 +73,20 @@ def running_pipeline(
     data_dir: Path, *, tap_url: str, tap_type: str, env: Mapping[str, str] | None = None
 ) -> Iterator[Pipeline]:
     """Start enroll, broker, source and predictor on ``data_dir``; stop them afterwards."""
-    ports = {name: free_port() for name in ("enroll", "broker", "source", "predictor")}
+    names = ("enroll", "broker", "source", "predictor")
+    with reserved_ports(len(names)) as numbers:
+        yield from _pipeline(
+            data_dir, dict(zip(names, numbers, strict=True)), tap_url, tap_type, env
+        )
+
+
+def _pipeline(
+    data_dir: Path,
+    ports: Mapping[str, int],
+    tap_url: str,
+    tap_type: str,
+    env: Mapping[str, str] | None,
+) -> Iterator[Pipeline]:
     eventing = tapped_eventing(data_dir.parent / f"{data_dir.name}-eventing", tap_type)
     common = {
         "FACERANK_DATA_DIR": str(data_dir),

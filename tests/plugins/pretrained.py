@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +29,7 @@ from facerank.descriptor.catalogue import (
     ensure_graph,
 )
 from facerank.descriptor.landmarks import ensure_landmark_model
-from facerank.descriptor.pretrained import ensure_pretrained
+from facerank.descriptor.pretrained import PRETRAINED_VERSION, ensure_pretrained
 from facerank.descriptor.ssd import ensure_ssd_model
 from facerank.npm import (
     FACE_API,
@@ -133,3 +135,44 @@ def package_files(pretrained_settings: Settings, tmp_path_factory: pytest.TempPa
         tarball, ["package/dist/face-api.node-wasm.js", "package/demo/sample*.jpg"], folder
     )
     return folder / "package"
+
+
+@dataclass(frozen=True)
+class Served:
+    """The models a test's processes run: ``fallback`` (lbp-v0 with Haar boxes and eye
+    alignment: what the empty test cache leaves) or ``default`` (dlib-r34-v1 with the SSD
+    detector and landmark alignment: what ``facerank models fetch`` sets up)."""
+
+    name: str
+    cache_dir: Path | None = None
+
+    @property
+    def version(self) -> str:
+        return "lbp-v0" if self.cache_dir is None else PRETRAINED_VERSION
+
+    @property
+    def detector(self) -> str:
+        return "haar" if self.cache_dir is None else "ssd"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the processes of a pipeline need to find these models."""
+        return {} if self.cache_dir is None else {"FACERANK_CACHE_DIR": str(self.cache_dir)}
+
+    def settings(self, data_dir: Path, **changes: Any) -> Settings:
+        """In-process settings on ``data_dir`` that load the same models as :attr:`env`."""
+        cache = {} if self.cache_dir is None else {"cache_dir": self.cache_dir}
+        return Settings(data_dir=data_dir, **cache, **changes)
+
+
+FALLBACK = Served("fallback")
+
+
+@pytest.fixture(scope="module", params=["fallback", "default"])
+def served(request: pytest.FixtureRequest) -> Served:
+    """Both model set-ups, one after the other, each shared by a whole module: the headline
+    guarantees (hostile input, access, a switch under load) hold on the default the users
+    get as on the fallback. The default's cache is ``fetched_settings``' (once a session)."""
+    if request.param == "fallback":
+        return FALLBACK
+    return Served("default", request.getfixturevalue("fetched_settings").cache_dir)
