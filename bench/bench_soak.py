@@ -209,6 +209,7 @@ def predictor(data_dir: Path, log: IO[bytes]) -> Iterator[tuple[str, psutil.Proc
         "FACERANK_LOG_LEVEL": "WARNING",
         "FACERANK_ALIGN": "eyes",
         "PORT": str(port),
+        "FACERANK_PREDICTOR_GRPC_PORT": str(free_port()),  # served as in production, idle
     }
     process = subprocess.Popen([sys.executable, "-m", "inference"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"

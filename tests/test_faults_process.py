@@ -108,7 +108,12 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
         found = {m["identity"] for m in face["matches"]}
         return prediction["model_version"] == version and found == identities
 
-    env = {"FACERANK_DATA_DIR": str(tmp_path), "FACERANK_GALLERY_REFRESH_S": "0.2"}
+    env = {
+        "FACERANK_DATA_DIR": str(tmp_path),
+        "FACERANK_GALLERY_REFRESH_S": "0.2",
+        # Restarted after a kill: the new process must get the gRPC port the dead one held.
+        "FACERANK_PREDICTOR_GRPC_PORT": str(free_port()),
+    }
     with supervised(predictor, env):
         wait_for(lambda: serves(OLD, FIRST), "the old version")
 

@@ -61,7 +61,8 @@ def world(
         enroller.add(f"{identity}/1.jpg", lfw_photo(lfw_faces, index))
     port = free_port()
     predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
-    with Supervisor([predictor], env={"FACERANK_DATA_DIR": str(data_dir)}) as supervisor:
+    env = {"FACERANK_DATA_DIR": str(data_dir), "FACERANK_PREDICTOR_GRPC_PORT": str(free_port())}
+    with Supervisor([predictor], env=env) as supervisor:
         supervisor.start()
         settings = Settings(data_dir=data_dir, predictor_url=predictor.url)
         store = FolderStore(settings.buckets_dir)

@@ -109,7 +109,11 @@ def test_switch_under_load_never_answers_from_a_mixed_state(
     gallery, registry = enroller.handler.gallery, enroller.handler.models.registry
 
     port = free_port()
-    env = {"FACERANK_DATA_DIR": str(tmp_path), "FACERANK_GALLERY_REFRESH_S": "0.2"}
+    env = {
+        "FACERANK_DATA_DIR": str(tmp_path),
+        "FACERANK_GALLERY_REFRESH_S": "0.2",
+        "FACERANK_PREDICTOR_GRPC_PORT": str(free_port()),
+    }
     predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
     with Supervisor([predictor], env=env) as supervisor:
         supervisor.start()

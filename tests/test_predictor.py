@@ -88,6 +88,7 @@ def server(
         "FACERANK_DATA_DIR": str(data_dir),
         "FACERANK_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
         "FACERANK_GALLERY_REFRESH_S": str(REFRESH_S),
+        "FACERANK_PREDICTOR_GRPC_PORT": str(free_port()),
         # The pair threshold as it is: the open-set calibration has tests of its own.
         "FACERANK_OPEN_SET_FAR": "0",
     }

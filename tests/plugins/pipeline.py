@@ -73,7 +73,8 @@ def running_pipeline(
     data_dir: Path, *, tap_url: str, tap_type: str, env: Mapping[str, str] | None = None
 ) -> Iterator[Pipeline]:
     """Start enroll, broker, source and predictor on ``data_dir``; stop them afterwards."""
-    ports = {name: free_port() for name in ("enroll", "broker", "source", "predictor")}
+    names = ("enroll", "broker", "source", "predictor", "predictor_grpc")
+    ports = {name: free_port() for name in names}
     eventing = tapped_eventing(data_dir.parent / f"{data_dir.name}-eventing", tap_type)
     common = {
         "FACERANK_DATA_DIR": str(data_dir),
