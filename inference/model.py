@@ -34,6 +34,7 @@ from typing import Any
 
 from kserve import InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import to_http_parameters
 from prometheus_client import Counter, Gauge, Histogram
 
 from facerank.errors import ImageTooLargeError, InvalidImageError
@@ -260,8 +261,10 @@ class FacerankModel(Model):
 
     @staticmethod
     def _v2_top_k(request: InferRequest) -> int:
-        """``top_k`` from its input tensor or the request parameter (given once, if at all)."""
-        parameters = request.parameters if isinstance(request.parameters, Mapping) else {}
+        """``top_k`` from its input tensor or the request parameter (given once, if at all).
+        Parameters are plain values over REST, ``InferParameter`` messages over gRPC."""
+        given = request.parameters if isinstance(request.parameters, Mapping) else {}
+        parameters = to_http_parameters(given)
         tensor = request.get_input_by_name(TOP_K)
         if tensor is None:
             return parse_top_k(parameters.get(TOP_K), "parameters.top_k")

@@ -202,8 +202,14 @@ def test_metadata_describes_every_output_inference_returns(server: Server, query
 # --- ranking --------------------------------------------------------------------------------
 
 
-def test_grpc_client_ranks_the_astronaut(server: Server, query: bytes) -> None:
-    response = grpc_infer(server, infer_request(query, top_k=1), server.grpc_headers)
+@pytest.mark.parametrize("top_k", ["input", "parameter"])
+def test_grpc_client_ranks_the_astronaut(server: Server, query: bytes, top_k: str) -> None:
+    request = (
+        infer_request(query, top_k=1)
+        if top_k == "input"
+        else infer_request(query, parameters={"top_k": 1})
+    )
+    response = grpc_infer(server, request, server.grpc_headers)
     assert response.model_version == "lbp-v0"
     assert response.parameters["model_version"].string_param == "lbp-v0"
     assert response.get_output_by_name("identity").as_numpy().tolist() == [b"astronaut"]
