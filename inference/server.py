@@ -20,6 +20,7 @@ Both servers share one event loop and one model, as in KServe's own ``start``.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent import futures
@@ -203,10 +204,7 @@ class PredictorGRPCServer(GRPCServer):
         try:
             self._server.add_insecure_port(self.address)
         except RuntimeError as exc:
-            raise GRPCPortError(
-                f"gRPC cannot listen on {self.address} (in use? FACERANK_PREDICTOR_GRPC_PORT "
-                "picks another port, 0 turns gRPC off)"
-            ) from exc
+            raise GRPCPortError(_taken(self.address)) from exc  # taken since _check_free
         await self._server.start()
         log.info("gRPC (Open Inference Protocol V2) listening on %s", self.address)
         await self._server.wait_for_termination()
@@ -215,6 +213,26 @@ class PredictorGRPCServer(GRPCServer):
 class GRPCPortError(OSError):
     """The gRPC address cannot be bound (an OSError, as :func:`facerank.serving.serve`
     raises for a port it cannot bind): the operator's to fix, said in one line."""
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise :class:`GRPCPortError` now if ``host:port`` is taken. Found only once both
+    servers run, the failure would cancel REST mid-start, with tracebacks of its own."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        # SO_REUSEADDR (create_server's default), as gRPC binds: connections of a previous
+        # run in TIME_WAIT do not count, a listener does, with or without SO_REUSEPORT.
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        raise GRPCPortError(_taken(f"{host}:{port}")) from exc
+
+
+def _taken(address: str) -> str:
+    return (
+        f"gRPC cannot listen on {address} (in use? FACERANK_PREDICTOR_GRPC_PORT picks another "
+        "port, 0 turns gRPC off)"
+    )
 
 
 class PredictorServer(ModelServer):
@@ -240,6 +258,7 @@ class PredictorServer(ModelServer):
     def start(self, models: list[BaseKServeModel]) -> None:
         if self.grpc_address is not None:
             host, port = self.grpc_address
+            _check_free(host, port)
             self._grpc_server = PredictorGRPCServer(
                 host,
                 port,

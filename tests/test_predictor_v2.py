@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
@@ -328,6 +333,37 @@ def test_a_grpc_rejection_is_one_access_line_with_its_code(
     assert len(mine) == 1, output
     assert f"GRPC {SERVICE}ModelInfer INVALID_ARGUMENT not_an_image " in mine[0]
     assert "Traceback" not in output
+
+
+# --- start-up -------------------------------------------------------------------------------
+
+
+def test_a_taken_grpc_port_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    """Held with SO_REUSEPORT, as another gRPC server holds it: gRPC's default would share the
+    port and its calls; the predictor must refuse to start instead, saying why."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {
+            **os.environ,
+            "FACERANK_DATA_DIR": str(tmp_path),
+            "FACERANK_PREDICTOR_GRPC_PORT": str(port),
+            "PORT": str(free_port()),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "inference"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if "gRPC cannot listen" in line]
+    assert f"127.0.0.1:{port}" in line
+    assert "Traceback" not in done.stderr
 
 
 # --- settings -------------------------------------------------------------------------------
