@@ -104,5 +104,6 @@ FROM runtime AS inference
 COPY inference/ /app/inference/
 RUN python -m compileall -q /app
 USER 10001:10001
-EXPOSE 8080 8081
+# The predictor's REST and V2 gRPC ports, and the web page's.
+EXPOSE 8080 8083 8081
 CMD ["inference"]

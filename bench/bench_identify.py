@@ -72,6 +72,7 @@ DATA = Path(os.environ.get("FACERANK_BENCH_DATA") or ROOT.parent / "shared" / "d
 """``../shared/data`` beside the checkout; ``FACERANK_BENCH_DATA`` names it elsewhere."""
 RESULTS = ROOT / "bench" / "results" / "identify.json"
 PORTS = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "RETRAIN", "PREDICTOR", "WEB")
+PORTS += ("PREDICTOR_GRPC",)
 ANSWER_TIMEOUT_S = 120.0
 
 

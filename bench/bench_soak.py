@@ -202,11 +202,13 @@ def load(url: str, count: int, clients: int, query: tuple[bytes, bytes]) -> Phas
 @contextmanager
 def predictor(data_dir: Path, log: IO[bytes]) -> Iterator[tuple[str, psutil.Process]]:
     """``python -m inference`` on ``data_dir``, ready; its URL and process."""
-    with reserved_ports(1) as [port]:  # held until the predictor is gone
-        yield from _predictor(data_dir, log, port)
+    with reserved_ports(2) as [port, grpc_port]:  # held until the predictor is gone
+        yield from _predictor(data_dir, log, port, grpc_port)
 
 
-def _predictor(data_dir: Path, log: IO[bytes], port: int) -> Iterator[tuple[str, psutil.Process]]:
+def _predictor(
+    data_dir: Path, log: IO[bytes], port: int, grpc_port: int
+) -> Iterator[tuple[str, psutil.Process]]:
     env = {
         **os.environ,
         "FACERANK_DATA_DIR": str(data_dir),
@@ -214,6 +216,7 @@ def _predictor(data_dir: Path, log: IO[bytes], port: int) -> Iterator[tuple[str,
         "FACERANK_LOG_LEVEL": "WARNING",
         "FACERANK_ALIGN": "eyes",
         "PORT": str(port),
+        "FACERANK_PREDICTOR_GRPC_PORT": str(grpc_port),  # served as in production, idle
     }
     process = subprocess.Popen([sys.executable, "-m", "inference"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"

@@ -91,6 +91,11 @@ class Settings:
 
     predictor_port: int = 8080
 
+    predictor_grpc_port: int = 8083
+    """The predictor's Open Inference Protocol (V2) gRPC port, beside its REST port (KServe's
+    default, 8081, is the web page's here); 0: no gRPC. It listens on ``FACERANK_LISTEN_HOST``
+    and requires the API token as REST does."""
+
     predictor_url: str = ""
     """Base URL of the predictor the web page and the identify function call (a cluster
     Service address); empty: this machine's ``predictor_port``."""
@@ -344,6 +349,10 @@ class Settings:
         for name in (*ports, "retrain_port", "identify_port", "notify_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} out of range: {getattr(self, name)}")
+        if not 0 <= self.predictor_grpc_port < 65536:
+            raise ConfigError(
+                f"FACERANK_PREDICTOR_GRPC_PORT out of range: {self.predictor_grpc_port} (0: off)"
+            )
         if self.training_backend not in ("local", "kubernetes"):
             raise ConfigError("FACERANK_TRAINING_BACKEND must be 'local' or 'kubernetes'")
         for name in (

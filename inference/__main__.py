@@ -1,24 +1,26 @@
 """``python -m inference``: entry point of the predictor container and of ``facerank up``.
 
 Loads before serving: KServe's ModelServer refuses to start without a ready model, so the
-pipeline and the first gallery snapshot are in memory before the port opens.
+pipeline and the first gallery snapshot are in memory before the ports open: REST on
+``PORT``, and gRPC (V2) on ``FACERANK_PREDICTOR_GRPC_PORT`` unless that is 0.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
-from kserve import ModelServer
 from kserve.model_server import app as kserve_app
 
 from facerank.auth import BearerTokenMiddleware
-from facerank.serving import listen_port
+from facerank.serving import listen_host, listen_port
 from facerank.settings import Settings
 from facerank.storage import open_store
 from inference import access_log
 from inference.model import MODEL_NAME, FacerankModel
 from inference.search import one_blas_thread
+from inference.server import GRPCPortError, PredictorServer
 
 log = logging.getLogger("inference")
 
@@ -62,9 +64,25 @@ def main() -> None:
         kserve_app.add_middleware(
             BearerTokenMiddleware, token=settings.api_token, open_paths=OPEN_PATHS
         )
-    port = listen_port(settings.predictor_port)
-    # One worker: the model and its refresher live in this process; gRPC is not offered yet.
-    ModelServer(http_port=port, workers=1, enable_grpc=False).start([model])
+    grpc_port = settings.predictor_grpc_port
+    server = PredictorServer(
+        http_port=listen_port(settings.predictor_port),
+        grpc_address=(listen_host(), grpc_port) if grpc_port else None,
+        token=settings.api_token,
+        max_message_bytes=grpc_message_limit(settings.max_image_bytes),
+    )
+    try:
+        server.start([model])
+    except GRPCPortError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+def grpc_message_limit(max_image_bytes: int) -> int:
+    """The largest gRPC message: one image of the largest size, as base64, and 1 MiB besides.
+    gRPC holds a whole message in memory before the model sees it; more images than that go
+    in more requests (REST refuses them one by one, after reading the body)."""
+    return (max_image_bytes + 2) // 3 * 4 + (1 << 20)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -59,8 +60,6 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        rejection: dict[str, str] = {}
-        token = _REJECTION.set(rejection)
         status = 500  # what the server answers when the app raises before responding
 
         async def send_and_note(message: Any) -> None:
@@ -69,24 +68,55 @@ class AccessLogMiddleware:
                 status = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            _REJECTION.reset(token)
-            self._log(scope, status, rejection, time.perf_counter() - started)
+        with rejection_noted() as rejection:
+            try:
+                await self.app(scope, receive, send_and_note)
+            finally:
+                method, path = scope.get("method", "-"), scope.get("path", "-")
+                headers = dict(scope.get("headers") or ())
+                log_access(
+                    method,
+                    path,
+                    status,
+                    "-" if status < 400 else f"http_{status}",
+                    rejection,
+                    seconds=time.perf_counter() - started,
+                    rid=request_id(headers.get(b"x-request-id", b"").decode("latin-1")),
+                    quiet=status < 400 and method in ("GET", "HEAD") and path in self.quiet_paths,
+                )
 
-    def _log(self, scope: Scope, status: int, rejection: dict[str, str], seconds: float) -> None:
-        method, path = scope.get("method", "-"), scope.get("path", "-")
-        quiet = status < 400 and method in ("GET", "HEAD") and path in self.quiet_paths
-        code = rejection.get("code") or ("-" if status < 400 else f"http_{status}")
-        line = "%s %s %d %s %.0f ms request_id=%s"
-        headers = dict(scope.get("headers") or ())
-        rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
-        args: list[Any] = [method, path, status, code, seconds * 1000, rid]
-        if "message" in rejection:
-            line += ": %s"
-            args.append(rejection["message"])
-        log.log(logging.DEBUG if quiet else logging.INFO, line, *args)
+
+@contextmanager
+def rejection_noted() -> Iterator[dict[str, str]]:
+    """Collect what :func:`note_rejection` records while the request runs in this context."""
+    rejection: dict[str, str] = {}
+    token = _REJECTION.set(rejection)
+    try:
+        yield rejection
+    finally:
+        _REJECTION.reset(token)
+
+
+def log_access(
+    method: str,
+    path: str,
+    status: int | str,
+    code: str,
+    rejection: dict[str, str],
+    *,
+    seconds: float,
+    rid: str,
+    quiet: bool = False,
+) -> None:
+    """The one line of a request, HTTP or gRPC (``status``: 400, or ``INVALID_ARGUMENT``);
+    ``code`` unless a refusal noted its own."""
+    code = rejection.get("code") or code
+    line = "%s %s %s %s %.0f ms request_id=%s"
+    args: list[Any] = [method, path, status, code, seconds * 1000, rid]
+    if "message" in rejection:
+        line += ": %s"
+        args.append(rejection["message"])
+    log.log(logging.DEBUG if quiet else logging.INFO, line, *args)
 
 
 class _NoRejectionTraceback(logging.Filter):

@@ -5,10 +5,10 @@ Served by KServe's own ModelServer, V1 and V2 (Open Inference Protocol):
 * V1 ``POST /v1/models/facerank:predict`` with
   ``{"instances": [{"image": {"b64": "<base64 JPEG/PNG/...>"}, "top_k": 3}]}``; also accepted
   wrapped as the ``data`` of a structured CloudEvent (KServe unwraps only events with ``time``).
-* V2 ``POST /v2/models/facerank/infer`` with a BYTES input ``image`` of shape ``[n]`` whose
-  elements are base64 text of the image files, and an optional request parameter ``top_k``.
-  Base64 even with the binary tensor extension: KServe 0.21 turns binary BYTES inputs into
-  UTF-8 strings before the model sees them, so raw JPEG bytes never get here (it answers 500).
+* V2 ``POST /v2/models/facerank/infer`` (and gRPC ``ModelInfer``) with a BYTES input
+  ``image`` of shape ``[n]`` whose elements are base64 text of the image files, and an
+  optional ``top_k``, as an INT32 input of shape ``[1]`` or a request parameter. The tensors
+  and the model metadata describing them are :mod:`inference.v2`'s.
 
 Why the work runs in KServe's executor: ``Model.__call__`` runs ``predict`` on the event loop,
 so decoding, detection and embedding (CPU, tens of ms) would stall health checks and every
@@ -28,14 +28,13 @@ import base64
 import binascii
 import json
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve import InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import to_http_parameters
 from prometheus_client import Counter, Gauge, Histogram
 
 from facerank.errors import ImageTooLargeError, InvalidImageError
@@ -49,8 +48,8 @@ from facerank.storage import ObjectStore
 from inference.access_log import note_rejection
 from inference.follower import ServingFollower, ServingPair
 from inference.search import Match
+from inference.v2 import IMAGE_INPUT, MODEL_NAME, TOP_K, model_metadata, v2_response
 
-MODEL_NAME = "facerank"
 DEFAULT_TOP_K = 3
 MAX_TOP_K = 100
 """Larger ``top_k`` values are capped: nobody reads a hundred look-alikes per face."""
@@ -142,6 +141,20 @@ class FacerankModel(Model):
         MODEL_INFO.labels(pair.model_version).set(1)
         GALLERY_FACES.set(pair.snapshot.faces)
         GALLERY_IDENTITIES.set(len(pair.snapshot.identities))
+
+    # --- metadata (GET /v2/models/facerank, gRPC ModelMetadata) ----------------------------
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return list(model_metadata(None)["inputs"])
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return list(model_metadata(None)["outputs"])
+
+    def describe(self) -> dict[str, Any]:
+        """Platform, the served model version, inputs and outputs (KServe's own metadata
+        path leaves the first two out: :class:`inference.server.MetadataDataPlane`)."""
+        pair = self.serving
+        return model_metadata(pair.model_version if pair else None)
 
     # --- inference --------------------------------------------------------------------------
 
@@ -238,20 +251,36 @@ class FacerankModel(Model):
         )
 
     def _v2_queries(self, request: InferRequest) -> list[Query]:
-        parameters = request.parameters if isinstance(request.parameters, Mapping) else {}
-        top_k = parse_top_k(parameters.get("top_k"), "parameters.top_k")
-        tensor = request.get_input_by_name("image")
+        top_k = self._v2_top_k(request)
+        tensor = request.get_input_by_name(IMAGE_INPUT)
         if tensor is None or tensor.datatype != "BYTES":
             raise InvalidInput('expected a BYTES input named "image" of shape [n]')
-        try:
-            items = tensor.as_numpy().reshape(-1).tolist()
-        except Exception as exc:  # KServe's tensor decoding raises assorted types on bad data
-            raise InvalidInput(f'input "image" is not a valid BYTES tensor: {exc}') from exc
+        items = _tensor_values(tensor, IMAGE_INPUT)
         _check_count(items, 'input "image"')
         return [Query(self._v2_image(i, item), top_k) for i, item in enumerate(items)]
 
+    @staticmethod
+    def _v2_top_k(request: InferRequest) -> int:
+        """``top_k`` from its input tensor or the request parameter (given once, if at all).
+        Parameters are plain values over REST, ``InferParameter`` messages over gRPC."""
+        given = request.parameters if isinstance(request.parameters, Mapping) else {}
+        parameters = to_http_parameters(given)
+        tensor = request.get_input_by_name(TOP_K)
+        if tensor is None:
+            return parse_top_k(parameters.get(TOP_K), "parameters.top_k")
+        if TOP_K in parameters:
+            raise InvalidInput("top_k given twice: as an input and as a request parameter")
+        values = _tensor_values(tensor, TOP_K)
+        if not tensor.datatype.startswith(("INT", "UINT")) or len(values) != 1:
+            raise InvalidInput('input "top_k" must be one integer (INT32, shape [1])')
+        return parse_top_k(values[0], 'input "top_k"')
+
     def _v2_image(self, i: int, item: object) -> bytes:
+        """Base64 text: a string over REST, the same text's bytes over gRPC (its BYTES
+        elements arrive as bytes)."""
         where = f'input "image"[{i}]'
+        if isinstance(item, bytes) and item.isascii():
+            item = item.decode("ascii")
         if not isinstance(item, str):
             raise InvalidInput(f"{where}: expected the image as base64 text")
         return self._from_base64(item, where)
@@ -299,6 +328,15 @@ def parse_top_k(value: object, where: str) -> int:
     return min(value, MAX_TOP_K)
 
 
+def _tensor_values(tensor: Any, name: str) -> list[Any]:
+    try:
+        return list(tensor.as_numpy().reshape(-1).tolist())
+    except Exception as exc:  # KServe's tensor decoding raises assorted types on bad data
+        raise InvalidInput(
+            f'input "{name}" is not a valid {tensor.datatype} tensor: {exc}'
+        ) from exc
+
+
 def _check_count(items: object, where: str) -> None:
     if not isinstance(items, list) or not items:
         raise InvalidInput(f"{where} must be a non-empty list")
@@ -332,43 +370,3 @@ def v1_response(
             for faces in rankings
         ]
     }
-
-
-def v2_response(
-    request: InferRequest, model_version: str, rankings: list[list[FaceRanking]]
-) -> InferResponse:
-    """Faces as rows of ``box``/``confidence``/``detector``/``image_index``; matches as rows
-    pointing at their face through ``face_index``, closest first within each face."""
-    faces = [(i, face) for i, image_faces in enumerate(rankings) for face in image_faces]
-    rows = [(f, m) for f, (_, face) in enumerate(faces) for m in face.matches]
-    outputs = [
-        _tensor("box", [face.box for _, face in faces], np.int32, (len(faces), 4)),
-        _tensor("confidence", [face.confidence for _, face in faces], np.float32),
-        _tensor("detector", [face.detector.encode() for _, face in faces], np.object_),
-        _tensor("image_index", [i for i, _ in faces], np.int32),
-        _tensor("face_index", [f for f, _ in rows], np.int32),
-        _tensor("identity", [m.identity.encode() for _, m in rows], np.object_),
-        _tensor("face_id", [m.face_id.encode() for _, m in rows], np.object_),
-        _tensor("distance", [m.distance for _, m in rows], np.float32),
-        _tensor("similarity", [m.similarity for _, m in rows], np.float32),
-        _tensor("match", [m.match for _, m in rows], np.bool_),
-    ]
-    return InferResponse(
-        response_id=request.id or str(uuid.uuid4()),
-        model_name=MODEL_NAME,
-        model_version=model_version,
-        infer_outputs=outputs,
-        parameters={"model_version": model_version},
-        use_binary_outputs=request.use_binary_outputs,
-        requested_outputs=request.request_outputs,
-    )
-
-
-_DATATYPES = {np.int32: "INT32", np.float32: "FP32", np.bool_: "BOOL", np.object_: "BYTES"}
-
-
-def _tensor(
-    name: str, values: list[Any], dtype: type, shape: tuple[int, ...] | None = None
-) -> InferOutput:
-    data = np.array(values, dtype=dtype).reshape(shape or (len(values),))
-    return InferOutput(name, list(data.shape), _DATATYPES[dtype], data=data)

@@ -82,6 +82,12 @@ def test_bench_predict_and_its_server(tmp_path: Path) -> None:
     assert all(cell["p50_speedup_rounds"]["repeats"] == 2 for cell in run["cells"])
 
 
+def test_bench_grpc_startup(tmp_path: Path) -> None:
+    results = run_bench(tmp_path, "bench_grpc_startup.py", "--rounds", "1")
+    assert results["with_grpc_s"] > 0
+    assert results["without_over_with"]["verdict"]
+
+
 def test_bench_soak(tmp_path: Path) -> None:
     results = run_bench(tmp_path, "bench_soak.py", "--requests", "8", "--clients", "2")
     assert results["errors"] == 0

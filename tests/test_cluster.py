@@ -106,6 +106,7 @@ def test_query_curl_and_web_rank_the_person_first(
     assert userpath.top_identity(userpath.query_cli(healthy, probe, tmp_path)) == "p3"
     assert userpath.top_identity(userpath.query_curl(healthy, probe, tmp_path)) == "p3"
     assert userpath.top_identity(userpath.query_web(healthy, probe)) == "p3"
+    assert userpath.query_grpc(healthy, probe) == "p3"
 
 
 def test_query_photos_are_identified_and_strangers_notified(

@@ -118,6 +118,8 @@ def test_predictor_killed_during_a_switch_restarts_into_one_consistent_version(
         "FACERANK_DATA_DIR": str(tmp_path),
         "FACERANK_GALLERY_REFRESH_S": "0.2",
         PAUSE_DIR_ENV: str(pause),
+        # Restarted after a kill: the new process must get the gRPC port the dead one held.
+        "FACERANK_PREDICTOR_GRPC_PORT": str(free_port()),
     }
     with supervised(predictor, env):
         wait_for(lambda: serves(OLD, set(scene.first)), "the old version")
@@ -158,6 +160,7 @@ def test_up_killed_with_sigkill_restarts_on_the_same_data_without_loss_or_duplic
 ) -> None:
     data_dir = tmp_path / "data"
     names = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "PREDICTOR", "WEB", "RETRAIN")
+    names += ("PREDICTOR_GRPC",)
     env = {f"FACERANK_{name}_PORT": str(free_port()) for name in names}
     env["FACERANK_RECONCILE_INTERVAL"] = "1"
     photos = [encode(astronaut, "JPEG")] + [

@@ -60,9 +60,10 @@ def world(
     enroller.add("eileen/1.jpg", astronaut)
     for identity, index in (("lfw-0", 0), ("lfw-1", 1), ("lfw-3", 3)):
         enroller.add(f"{identity}/1.jpg", lfw_photo(lfw_faces, index))
-    with reserved_ports(1) as [port]:
+    with reserved_ports(2) as [port, grpc_port]:
         predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
-        with Supervisor([predictor], env={"FACERANK_DATA_DIR": str(data_dir)}) as supervisor:
+        env = {"FACERANK_DATA_DIR": str(data_dir), "FACERANK_PREDICTOR_GRPC_PORT": str(grpc_port)}
+        with Supervisor([predictor], env=env) as supervisor:
             supervisor.start()
             settings = Settings(data_dir=data_dir, predictor_url=predictor.url)
             store = FolderStore(settings.buckets_dir)

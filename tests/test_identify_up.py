@@ -21,6 +21,7 @@ from tests.plugins.webhook import Webhook
 from tests.test_up import READY, Up, another_shot, drop, identities, top_identity
 
 PORTS = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "RETRAIN", "PREDICTOR", "WEB")
+PORTS += ("PREDICTOR_GRPC",)
 
 
 @pytest.fixture

@@ -376,14 +376,16 @@ def test_skaffold_renders_the_overlays_and_sets_every_image() -> None:
 @needs_kubectl
 def test_port_forwards_reach_the_predictor_web_and_minio() -> None:
     documents = rendered("dev")
-    forwards = {f["resourceName"]: f for f in skaffold()["portForward"]}
-    assert {f["localPort"] for f in forwards.values()} == {8080, 8081, 9000}
-    for name, forward in forwards.items():
+    forwards = {f["localPort"]: f for f in skaffold()["portForward"]}
+    assert set(forwards) == {8080, 8081, 8083, 9000}
+    for forward in forwards.values():
         assert forward["resourceType"] == "service"
-        service = get(documents, "Service", name, "")
+        service = get(documents, "Service", forward["resourceName"], "")
         assert forward["namespace"] == service["metadata"]["namespace"]
         assert forward["port"] in {p["port"] for p in service["spec"]["ports"]}
-    assert forwards["facerank-predictor-direct"]["localPort"] == 8080
+    # REST and gRPC of the predictor, on this machine's ports as under `facerank up`.
+    assert forwards[8080]["resourceName"] == forwards[8083]["resourceName"]
+    assert forwards[8083]["resourceName"] == "facerank-predictor-direct"
 
 
 def test_the_readme_deploy_section_names_real_files() -> None:

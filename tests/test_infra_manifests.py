@@ -211,6 +211,24 @@ def test_pods_outside_knative_get_no_service_links(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grpc_reaches_the_predictor_on_its_settings_port(overlay: str) -> None:
+    """Knative routes one port (REST); gRPC is served beside it on the settings' port, which the
+    direct Service and the NetworkPolicy that admits gRPC clients must both name."""
+    documents = rendered(overlay)
+    port = Settings().predictor_grpc_port
+    isvc = get(documents, "InferenceService", "facerank")
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert env_of(container, documents).get("FACERANK_PREDICTOR_GRPC_PORT", str(port)) == str(port)
+    direct = get(documents, "Service", "facerank-predictor-direct", "")
+    (grpc,) = [p for p in direct["spec"]["ports"] if p["name"] == "grpc"]
+    assert (grpc["targetPort"], grpc["appProtocol"]) == (port, "kubernetes.io/h2c")
+    policy = get(documents, "NetworkPolicy", "predictor-grpc-from-labelled-clients")
+    assert matches(policy["spec"]["podSelector"], {"app.kubernetes.io/component": "predictor"})
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_claims_name_existing_storage_classes(overlay: str) -> None:
     documents = rendered(overlay)
     classes = names(documents, "StorageClass")
@@ -234,7 +252,9 @@ def test_rbac_references_resolve(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_selectors_select_pods(overlay: str) -> None:
-    """Services and NetworkPolicies select existing pods; every listed component exists."""
+    """Services and NetworkPolicies select existing pods; every listed component exists.
+    (Peers with a namespace selector name pods of other namespaces too, such as the
+    predictor's gRPC clients: those cannot be checked against the overlay.)"""
     documents = rendered(overlay)
     labels = [dict(pod.labels) for pod in pods(documents)]
     components = {pod.get("app.kubernetes.io/component") for pod in labels}
@@ -246,7 +266,7 @@ def test_selectors_select_pods(overlay: str) -> None:
             peer["podSelector"]
             for rule in policy["spec"].get("ingress", [])
             for peer in rule.get("from", [])
-            if "podSelector" in peer
+            if "podSelector" in peer and "namespaceSelector" not in peer
         ]
         for selector in selectors:
             assert any(matches(selector, pod) for pod in labels), identify(policy)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ import pytest
 from facerank.descriptor.landmarks import ensure_landmark_model
 from facerank.launch import EXIT_SIGTERM
 from facerank.settings import Settings
-from tests.plugins.http import free_port
 from tests.plugins.infra import INFRA, load_yaml
 from tests.plugins.training_runs import CLUSTER_FORMING, prepare_two_worker_run
 from training.cluster import Cluster
@@ -175,7 +174,9 @@ def trainer_env() -> dict[str, str]:
     return {variable["name"]: variable["value"] for variable in env if "value" in variable}
 
 
-def test_sigterm_while_the_training_cluster_forms_stops_the_worker(tmp_path: Path) -> None:
+def test_sigterm_while_the_training_cluster_forms_stops_the_worker(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     """Worker 0 of two whose peer never comes, started as the trainer's pod starts it: SIGTERM
     stops it within STOP_S, with the status a Job retries (143), not its permanent-failure 2
     and not the kubelet's SIGKILL. TensorFlow swallows the signal there; the launcher's stop

@@ -118,6 +118,7 @@ def test_switch_under_load_never_answers_from_a_mixed_state(
         "FACERANK_DATA_DIR": str(tmp_path),
         "FACERANK_GALLERY_REFRESH_S": "0.2",
         **served.env,
+        "FACERANK_PREDICTOR_GRPC_PORT": str(free_port()),
     }
     predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
     with Supervisor([predictor], env=env) as supervisor:

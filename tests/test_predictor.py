@@ -91,7 +91,8 @@ def server(
         "FACERANK_OPEN_SET_FAR": "0",
     }
     # The same supervisor and readiness check as `facerank up`, so this is the real start-up.
-    with reserved_ports(1) as [port]:
+    with reserved_ports(2) as [port, grpc_port]:
+        env["FACERANK_PREDICTOR_GRPC_PORT"] = str(grpc_port)
         predictor = Component("predictor", "inference", port, health_path="/v1/models/facerank")
         with Supervisor([predictor], env=env) as supervisor:
             supervisor.start()

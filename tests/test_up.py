@@ -7,6 +7,7 @@ embedded default exactly as a user runs it, with free loopback ports so tests ca
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kserve.inference_client import InferenceGRPCClient
 
 from facerank.descriptor.pretrained import PRETRAINED_VERSION
 from facerank.gallery import Gallery
@@ -81,6 +83,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def start_up(data_dir: Path, free_port: Callable[[], int]) -> Iterator[Callable[..., Up]]:
     names = ("BROKER", "SOURCE", "ENROLL", "IDENTIFY", "NOTIFY", "RETRAIN", "PREDICTOR", "WEB")
+    names += ("PREDICTOR_GRPC",)
     env = {f"FACERANK_{name}_PORT": str(free_port()) for name in names}
     env["FACERANK_RECONCILE_INTERVAL"] = "1"  # many reconcile passes in a short test
     running: list[Up] = []
@@ -128,6 +131,14 @@ def top_identity(photo: Path, env: dict[str, str]) -> str | None:
     return faces[0]["matches"][0]["identity"] if faces and faces[0]["matches"] else None
 
 
+def grpc_model_ready(target: str) -> bool:
+    async def ask() -> bool:
+        async with InferenceGRPCClient(target, retries=0) as client:
+            return bool(await client.is_model_ready("facerank"))
+
+    return asyncio.run(ask())
+
+
 def test_drop_enroll_delete_restart(
     start_up: Callable[[], Up], data_dir: Path, astronaut: np.ndarray
 ) -> None:
@@ -141,6 +152,10 @@ def test_drop_enroll_delete_restart(
     table = run_facerank("query", str(query), data_dir=data_dir, env=up.env).stdout
     assert "model version: lbp-v0; 1 face(s)" in table
     assert table.splitlines()[3].split()[:2] == ["1", "eileen"]
+    # gRPC is on by default: Open Inference Protocol clients reach the same model there.
+    grpc_target = f"127.0.0.1:{up.env['FACERANK_PREDICTOR_GRPC_PORT']}"
+    assert f"V2 over gRPC       {grpc_target}" in up.output()
+    assert grpc_model_ready(grpc_target)
 
     drop(data_dir, "eileen/broken.jpg", b"\xff\xd8\xff not really a jpeg")
     drop(data_dir, "wall/1.png", encode(np.full((200, 200, 3), 90, np.uint8)))

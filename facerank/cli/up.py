@@ -113,6 +113,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def print_welcome(settings: Settings, components: list[Component]) -> None:
     urls = {c.name: c.url for c in components}
+    grpc_port = settings.predictor_grpc_port  # 0: off
     lines = [
         "facerank is up",
         f"  drop photos into   {settings.buckets_dir / settings.faces_bucket}/<identity>/<file>",
@@ -123,11 +124,12 @@ def print_welcome(settings: Settings, components: list[Component]) -> None:
         f"  query a photo      facerank query PHOTO   (or curl {urls['predictor']}"
         "/v1/models/facerank:predict)",
         f"  web page           {urls['web']}",
+        f"  V2 over gRPC       127.0.0.1:{grpc_port}" if grpc_port else "",
         f"  broker             {urls['broker']}  (dead letters in {settings.data_dir / 'broker'})",
         f"  MinIO webhook      {urls['source']}/minio",
         "  Ctrl-C stops everything; the next `facerank up` continues on the same data",
     ]
-    for line in lines:
+    for line in filter(None, lines):
         log(line)
 
 

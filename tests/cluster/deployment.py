@@ -148,9 +148,10 @@ class Deployment:
         self.network.assign_cluster_ips(self._services)
 
     def _listen_port(self, workload: Workload) -> int:
-        """Knative Services listen on ``PORT``, which the harness picks (every pod shares this
+        """Knative Services serve on ``PORT``, which the harness picks (every pod shares this
         machine's ports, and KServe binds all interfaces); others on their container port,
-        at their own pod address."""
+        at their own pod address. Any other port a pod listens on (the predictor's gRPC) is
+        the manifest's, at the pod's own address (``FACERANK_LISTEN_HOST``)."""
         return (
             self.network.reserve_port() if workload.knative_service else workload.container_port()
         )
@@ -164,8 +165,9 @@ class Deployment:
                 continue
             for service_port in service["spec"]["ports"]:
                 target = service_port.get("targetPort", service_port["port"])
-                container_port = self._named_port(workload, target)
-                actual = port if workload.knative_service else container_port
+                actual = self._named_port(workload, target)
+                if workload.knative_service and actual == workload.container_port():
+                    actual = port  # Knative's one routed port: PORT, as the harness picked it
                 self.network.expose(
                     service["metadata"]["name"], service_port["port"], address, actual
                 )

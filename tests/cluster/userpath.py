@@ -1,6 +1,7 @@
 """The user's path through a running overlay, as the README's "Deploy to a cluster" walks it:
 upload photos with the S3 API, let MinIO's webhook announce them, query the predictor with
-``facerank query --url`` and with the README's ``curl`` (bearer token included), query through
+``facerank query --url``, with the README's ``curl`` (bearer token included) and over gRPC with
+KServe's client (its token as metadata), query through
 the web page, drop photos into the queries bucket and read the results the identify function
 writes beside them, name an unknown group on the web page, and retrain with two workers to a
 decision. Shared by the dev and prod tests.
@@ -8,6 +9,7 @@ decision. Shared by the dev and prod tests.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -20,6 +22,8 @@ from typing import TypeVar
 
 import numpy as np
 import requests
+from kserve import InferInput, InferRequest, InferResponse
+from kserve.inference_client import InferenceGRPCClient
 
 from facerank.gallery import Gallery
 from facerank.queries import result_key
@@ -32,6 +36,8 @@ PHOTOS = 4
 NAMESPACE = "facerank"
 MINIO = f"http://minio.{NAMESPACE}.svc.cluster.local:9000"
 PREDICTOR = f"http://facerank-predictor-direct.{NAMESPACE}.svc.cluster.local:8080"
+PREDICTOR_GRPC = f"http://facerank-predictor-direct.{NAMESPACE}.svc.cluster.local:8083"
+"""gRPC, written as a URL so the harness translates it like any Service address."""
 WEB = f"http://facerank-web.{NAMESPACE}.svc.cluster.local"
 BROKER = f"http://broker-ingress.knative-eventing.svc.cluster.local/{NAMESPACE}/facerank"
 QUERIES = "queries"
@@ -178,6 +184,23 @@ def query_curl(deployment: Deployment, photo: Path, work: Path) -> dict:
     )
     assert result.returncode == 0, f"curl: {result.returncode} {result.stdout} {result.stderr}"
     return json.loads(result.stdout)
+
+
+def query_grpc(deployment: Deployment, photo: Path) -> str:
+    """The photo through KServe's gRPC client on the direct Service's gRPC port, with the token
+    as ``authorization`` metadata (see the README's API section). The top identity."""
+    target = deployment.url(PREDICTOR_GRPC).removeprefix("http://")
+    token = deployment.secret("facerank-api-token", "token")
+    image = InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([base64.b64encode(photo.read_bytes())], dtype=np.object_))
+    request = InferRequest("facerank", [image], parameters={"top_k": 1})
+
+    async def call() -> InferResponse:
+        async with InferenceGRPCClient(target, retries=0) as client:
+            return await client.infer(request, headers=(("authorization", f"Bearer {token}"),))
+
+    identities = asyncio.run(call()).get_output_by_name("identity").as_numpy().tolist()
+    return identities[0].decode() if identities else ""
 
 
 def query_web(deployment: Deployment, photo: Path) -> dict:

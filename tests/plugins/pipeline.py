@@ -73,7 +73,7 @@ def running_pipeline(
     data_dir: Path, *, tap_url: str, tap_type: str, env: Mapping[str, str] | None = None
 ) -> Iterator[Pipeline]:
     """Start enroll, broker, source and predictor on ``data_dir``; stop them afterwards."""
-    names = ("enroll", "broker", "source", "predictor")
+    names = ("enroll", "broker", "source", "predictor", "predictor_grpc")
     with reserved_ports(len(names)) as numbers:
         yield from _pipeline(
             data_dir, dict(zip(names, numbers, strict=True)), tap_url, tap_type, env
