@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import errno
 import socket
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -55,14 +55,17 @@ def test_a_server_that_sets_so_reuseaddr_binds_the_reserved_port_and_serves() ->
     """waitress as every facerank function and the broker run it (``facerank.serving``)."""
     with reserved_ports(1) as [port]:
         server = create_server(_ok, host="127.0.0.1", port=port)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
         try:
             assert int(server.effective_port) == port
-            assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text == "ok"
+            # waitress's loop runs here, a turn at a time, until the client has its reply:
+            # closing a server whose loop runs in another thread breaks that loop's select.
+            with ThreadPoolExecutor(1) as pool:
+                reply = pool.submit(requests.get, f"http://127.0.0.1:{port}/", timeout=10)
+                while not reply.done():
+                    server.asyncore.loop(timeout=0.05, map=server._map, count=1)
+                assert reply.result().text == "ok"
         finally:
             server.close()
-            thread.join(10)
 
 
 def _ok(_environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
