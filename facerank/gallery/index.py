@@ -410,7 +410,12 @@ def _contains(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Which of ``ids`` occur in ``sorted_ids`` (both fixed-width bytes), by binary search."""
     if not len(sorted_ids) or not len(ids):
         return np.zeros(len(ids), dtype=bool)
-    width = max(sorted_ids.dtype.itemsize, ids.dtype.itemsize)
-    haystack, needles = sorted_ids.astype(f"S{width}"), ids.astype(f"S{width}")
-    at = np.minimum(np.searchsorted(haystack, needles), len(haystack) - 1)
-    return haystack[at] == needles
+    # The needles take the haystack's width, never the other way round: the haystack is a
+    # whole segment's ids (up to 65,536), and widening it on every call made an enrollment into
+    # a 1M-face gallery 1.3x as costly as into an empty one. An id longer than that width
+    # cannot be in the haystack (truncated, it might seem to be).
+    width = sorted_ids.dtype.itemsize
+    fits = np.char.str_len(ids) <= width if ids.dtype.itemsize > width else True
+    needles = ids.astype(sorted_ids.dtype)
+    at = np.minimum(np.searchsorted(sorted_ids, needles), len(sorted_ids) - 1)
+    return (sorted_ids[at] == needles) & fits
