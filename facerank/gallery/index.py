@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 import numpy as np
 
@@ -48,6 +49,7 @@ from facerank.errors import (
     PreconditionFailedError,
 )
 from facerank.gallery.segments import IDS, VECTORS, Segment
+from facerank.gallery.together import run_together
 from facerank.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -310,8 +312,9 @@ class EmbeddingIndex:
     def _write(self, segment: Segment) -> SegmentRef:
         name = uuid.uuid4().hex
         # Not flushed: a segment lost to a power cut is rebuilt from the records by repair.
-        for suffix, data in ((VECTORS, segment.vectors_bytes()), (IDS, segment.ids_bytes())):
-            self.store.put(self.bucket, self._segment_key(name, suffix), data, durable=False)
+        objects = ((VECTORS, segment.vectors_bytes()), (IDS, segment.ids_bytes()))
+        put = partial(self.store.put, self.bucket, durable=False)
+        run_together([partial(put, self._segment_key(name, s), data) for s, data in objects])
         with self._lock:
             self._members[name] = np.sort(segment.face_ids)
         return SegmentRef(name, len(segment))
