@@ -4,7 +4,8 @@ Why this shape: the predictor answers "which identities look like this face", so
 with ten photos of one person must not fill the top k with that person. Faces are therefore
 laid out grouped by identity once, when a gallery index is built, and every query is then
 one matrix product, one segmented max per identity (``np.maximum.reduceat``) and one
-``np.argpartition`` over identities: no Python loop ever runs over faces.
+``np.partition`` over identities: no Python loop ever runs over faces, and only the rows of
+the ``k`` identities found are read again (for their best face).
 
 Distances are Euclidean between unit vectors, ``sqrt(2 - 2 cos)``, the metric triplet-loss
 training optimises; the cosine is reported beside it as ``similarity``.
@@ -20,9 +21,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from facerank.gallery import Segment
-
-_SIM_BITS_OF_ONE = int(np.array(1.0, dtype=np.float32).view(np.int32))
-"""Bit pattern of float32 1.0: the largest magnitude a clipped cosine can have."""
 
 
 @dataclass(frozen=True)
@@ -136,15 +134,12 @@ def search(
         raise ValueError(
             f"query dimension {queries.shape[1]} != gallery dimension {index.vectors.shape[1]}"
         )
-    sims = np.clip(queries @ index.vectors.T, -1.0, 1.0)
-    best = np.maximum.reduceat(sims, index.starts, axis=1)
-    best_face = _best_face_per_identity(sims, best, index)
+    sims = queries @ index.vectors.T
+    best = np.clip(np.maximum.reduceat(sims, index.starts, axis=1), -1.0, 1.0)
     k = min(k, len(index.names))
-    keys = _ranking_keys(best)
-    top = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < keys.shape[1] else _all(keys)
-    top = np.take_along_axis(top, np.argsort(np.take_along_axis(keys, top, 1), axis=1), 1)
+    top = np.stack([_top_identities(row, k) for row in best])
     top_sims = np.take_along_axis(best, top, axis=1).astype(np.float64)
-    top_faces = np.take_along_axis(best_face, top, axis=1)
+    top_faces = _best_faces(sims, top, index)
     distances = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * top_sims))
     return [
         [
@@ -199,26 +194,33 @@ def _rank(
     return rank(queries, k, threshold) if rank is not None else search(index, queries, k, threshold)
 
 
-def _all(keys: np.ndarray) -> np.ndarray:
-    return np.broadcast_to(np.arange(keys.shape[1]), keys.shape)
+def _best_faces(sims: np.ndarray, top: np.ndarray, index: Searchable) -> np.ndarray:
+    """``(queries, k)`` row of the first face reaching each top identity's best cosine.
 
-
-def _best_face_per_identity(sims: np.ndarray, best: np.ndarray, index: Searchable) -> np.ndarray:
-    """``(queries, identities)`` row of the first face reaching its identity's best cosine."""
-    counts = np.diff(np.append(index.starts, len(index)))
-    reaches = sims == np.repeat(best, counts, axis=1)
-    rows = np.where(reaches, np.arange(len(index)), len(index))
-    return np.minimum.reduceat(rows, index.starts, axis=1)
-
-
-def _ranking_keys(best: np.ndarray) -> np.ndarray:
-    """Unique int64 keys, smaller = better: descending cosine, then ascending identity code.
-
-    Why integers: ``argpartition`` on the cosines alone would cut ties at the k-th place
-    arbitrarily. A clipped float32 cosine's bit pattern, made order-preserving for negatives,
-    fits in 31 bits, leaving the low 32 bits for the identity code as the tie-break.
+    Why only the top identities: the rows of ``k`` identities are all that is read, where a
+    pass over every row (as the identity maxima take) costs as much again at a million faces.
+    Cosines are clipped as the maxima were, so a tie at 1.0 goes to the first face.
     """
-    bits = best.astype(np.float32).view(np.int32).astype(np.int64)
-    ordered = np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
-    codes = np.arange(best.shape[1], dtype=np.int64)
-    return ((_SIM_BITS_OF_ONE - ordered) << 32) | codes
+    starts = index.starts[top]
+    counts = np.append(index.starts[1:], len(index))[top] - starts
+    offsets = np.arange(int(counts.max()))
+    rows = starts[..., None] + np.minimum(offsets, counts[..., None] - 1)
+    gathered = np.clip(np.take_along_axis(sims, rows.reshape(len(sims), -1), 1), -1.0, 1.0)
+    gathered = np.where(offsets < counts[..., None], gathered.reshape(rows.shape), -np.inf)
+    return np.take_along_axis(rows, gathered.argmax(axis=2)[..., None], 2)[..., 0]
+
+
+def _top_identities(best: np.ndarray, k: int) -> np.ndarray:
+    """Codes of the ``k`` best identities of one query, closest first, ties by code (the
+    identities are in name order).
+
+    Why a float partition, then a sort of the few at or above the ``k``-th cosine: one pass
+    over the identities finds the cut, and every tie at the cut is kept for the sort, so the
+    order is the same every time without building a ranking key per identity.
+    """
+    if k < len(best):
+        cut = np.partition(best, len(best) - k)[len(best) - k]
+        candidates = np.flatnonzero(best >= cut)
+    else:
+        candidates = np.arange(len(best))
+    return candidates[np.lexsort((candidates, -best[candidates]))][:k]

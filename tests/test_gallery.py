@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from facerank.errors import InvalidIdentityError
+from facerank.errors import InvalidIdentityError, StoreUnavailableError
 from facerank.faces.align import ARCFACE_CHIP_112, GALLERY_CROP_256, rechip
 from facerank.gallery import (
     EnrolledFace,
@@ -139,6 +139,40 @@ def test_faces_without_a_record_are_invisible_then_collected(gallery: Gallery) -
     later = datetime.now(UTC) + timedelta(hours=1)
     assert gallery.collect_orphans(now=later) == 2
     assert all_keys(gallery) == []
+
+
+class FailingCropStore:
+    """The store, except that putting one face's crop fails (an outage mid-enrollment)."""
+
+    def __init__(self, inner: ObjectStore, face: str) -> None:
+        self.inner = inner
+        self.face = face
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def put(self, bucket: str, key: str, data: bytes, **options: object) -> object:
+        if key == f"faces/{self.face}/crop.png":
+            raise StoreUnavailableError("injected outage")
+        return self.inner.put(bucket, key, data, **options)
+
+
+def test_a_failed_face_write_stops_the_enrollment_before_its_record(gallery: Gallery) -> None:
+    """Face objects are written together; the record waits for all of them, and the failure
+    is raised only once the others have ended (none is left writing behind the caller)."""
+    record = make_record("alice/1.jpg", faces=2)
+    failing = Gallery(FailingCropStore(gallery.store, record.faces[1].face_id), "gallery")
+    crops = [np.zeros((256, 256, 3), np.uint8)] * 2
+    vectors = np.eye(2, 8, dtype=np.float32)
+    with pytest.raises(StoreUnavailableError):
+        failing.enroll(record, crops, {VERSION: vectors})
+    assert gallery.identities() == {}
+    assert gallery.index(VERSION).face_ids() == set()
+    first = record.faces[0].face_id
+    assert sorted(gallery.face_keys(first)) == [
+        f"faces/{first}/crop.png",
+        f"faces/{first}/{VERSION}.f32",
+    ]
 
 
 def test_enroll_refuses_mismatched_inputs(gallery: Gallery) -> None:

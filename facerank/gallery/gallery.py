@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import cv2
 import numpy as np
@@ -42,6 +43,7 @@ from facerank.gallery.identity import identity_from_key, normalise_identity
 from facerank.gallery.index import INDEX, SEGMENT_ROWS, EmbeddingIndex, IndexChange
 from facerank.gallery.records import SourceRecord, source_id
 from facerank.gallery.segments import Segment
+from facerank.gallery.together import run_together
 from facerank.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -114,10 +116,14 @@ class Gallery:
             if not len(crops) == len(vectors) == len(record.faces):
                 raise ValueError("record, crops and vectors must describe the same faces")
         previous = self.record(record.bucket, record.key)
+        writes: list[Callable[[], object]] = []
         for i, (face, crop) in enumerate(zip(record.faces, crops, strict=True)):
-            self._put_crop(face.face_id, crop)
-            for version, vectors in embeddings.items():
-                self._put_embedding(face.face_id, version, vectors[i])
+            writes.append(partial(self._put_crop, face.face_id, crop))
+            writes += [
+                partial(self._put_embedding, face.face_id, version, vectors[i])
+                for version, vectors in embeddings.items()
+            ]
+        run_together(writes)  # all of them before the record that lists them
         committed = record
         for version in embeddings:
             committed = committed.with_model_version(version)

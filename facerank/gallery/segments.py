@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -102,10 +103,15 @@ class Segment:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    @property
+    @cached_property
     def starts(self) -> np.ndarray:
-        """Row where each identity's faces begin (every name has at least one row)."""
-        return np.searchsorted(self.codes, np.arange(len(self.names))).astype(np.intp)
+        """Row where each identity's faces begin (every name has at least one row).
+
+        Cached: search reads it on every query, and computing it is a binary search per
+        identity (measured: three per query took a third of a 1M-face query's time)."""
+        starts = np.searchsorted(self.codes, np.arange(len(self.names))).astype(np.intp)
+        starts.setflags(write=False)
+        return starts
 
     def face_id(self, row: int) -> str:
         return bytes(self.face_ids[row]).decode()
