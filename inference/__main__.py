@@ -44,12 +44,7 @@ def main() -> None:
         level=settings.log_level.upper(), format="%(asctime)s predictor %(levelname)s %(message)s"
     )
     one_blas_thread()
-    model = FacerankModel(
-        settings,
-        open_store(settings),
-        refresh_s=settings.gallery_refresh_s,
-        threshold=settings.match_threshold,
-    )
+    model = FacerankModel(settings, open_store(settings))
     # Readiness waits for this (seconds with TensorFlow, longer while the store is away).
     log.info("loading the active model and its gallery")
     model.load()

@@ -44,7 +44,9 @@ CONFIG_ENV = "FACERANK_TRAIN_CONFIG"
 class Worker:
     """This process's part in a run: its cluster index, and the chief's extra duties."""
 
-    def __init__(self, config: TrainConfig, run: RunDir, cluster: Cluster | None) -> None:
+    def __init__(
+        self, config: TrainConfig, run: RunDir, cluster: Cluster | None, settings: Settings
+    ) -> None:
         if (cluster.size if cluster else 1) != config.workers:
             raise ClusterConfigError(
                 f"the config asks for {config.workers} workers, the cluster has "
@@ -57,7 +59,7 @@ class Worker:
         self.chief = self.index == 0
         self.progress = ProgressLog(run) if self.chief else None
         self.watchdog = Watchdog()
-        self.settings = Settings.from_env()
+        self.settings = settings
         """Where the pretrained weights and the baseline model are found."""
 
     def main(self) -> int:
@@ -174,8 +176,13 @@ def _error(exc: FacerankError) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one worker; the config path comes from ``FACERANK_TRAIN_CONFIG`` or ``argv[0]``."""
+    try:
+        settings = Settings.from_env()
+    except FacerankError as exc:
+        print(f"training.worker: cannot start ({exc.code}): {exc}", file=sys.stderr)
+        return EXIT_FINAL
     logging.basicConfig(
-        level=os.environ.get("FACERANK_LOG_LEVEL", "INFO"),
+        level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         # then reported as such even where the shared volume is missing too.
         cluster = cluster_from_env(os.environ)
         run = RunDir.of_config(path)
-        worker = Worker(run.read_config(), run, cluster)
+        worker = Worker(run.read_config(), run, cluster, settings)
     except FacerankError as exc:
         log.error("cannot start (%s): %s", exc.code, exc)
         return EXIT_FINAL

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 
+from facerank.broker.subscribers import SUBSCRIBERS_ENV
 from facerank.demo import DemoInfo, prepare_demo
 from facerank.errors import FacerankError
 from facerank.gallery import Gallery
@@ -56,7 +57,7 @@ def embedded_components(settings: Settings) -> list[Component]:
         settings.broker_port,
         # The Triggers name Knative Services; locally each name maps to a loopback URL.
         env={
-            "FACERANK_BROKER_SUBSCRIBERS": f"facerank-enroll={enroll.url},"
+            SUBSCRIBERS_ENV: f"facerank-enroll={enroll.url},"
             f"facerank-source={source_url},facerank-retrain={retrain_url},"
             f"facerank-identify={identify.url},facerank-notify={notify.url}"
         },

@@ -27,7 +27,6 @@ FALLBACK = "lbp-v0"
 
 def model_folders(settings: Settings) -> tuple[Path, ...]:
     """Where exported models are looked up by version, first match wins."""
-    assert settings.shared_dir is not None  # noqa: S101 - Settings fills it in
     return (settings.shared_dir / "models", settings.cache_dir / "models")
 
 

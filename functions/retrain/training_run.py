@@ -29,7 +29,6 @@ class SharedVolumeTrainer:
     """Prepares runs in ``settings.shared_dir`` from ``gallery`` and reads their results."""
 
     def __init__(self, settings: Settings, gallery: Gallery) -> None:
-        assert settings.shared_dir is not None  # noqa: S101 - Settings fills it in
         self.shared_dir = settings.shared_dir
         self.steps_per_epoch = settings.retrain_steps_per_epoch
         self.backbone = settings.retrain_backbone

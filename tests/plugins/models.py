@@ -55,7 +55,6 @@ def switch_scene(
     enroller.add("astronaut/eileen.jpg", astronaut)
     for i in range(4):
         enroller.add(f"lfw-{i}/1.jpg", lfw_photo(lfw_faces, i))
-    assert settings.shared_dir is not None
     new_dir = settings.shared_dir / "models" / new_version
     export_tiny_model(new_dir, version=new_version, chip=ARCFACE_CHIP_112)
     new_model = SavedModelEmbedder(new_dir)
