@@ -21,6 +21,11 @@ class FacerankError(Exception):
     code = "error"
     retryable = False
 
+    def to_json(self) -> dict[str, str]:
+        """The machine-readable form: the stable ``code`` and the human ``message`` (CLI
+        output, HTTP error bodies, rejection events, a training run's result)."""
+        return {"code": self.code, "message": str(self)}
+
 
 class ConfigError(FacerankError):
     """A setting from the environment or a flag has an invalid value."""

@@ -50,7 +50,7 @@ def empty_response(status: int = 202) -> Response:
 def error_response(exc: FacerankError, status: int | None = None) -> tuple[Response, int]:
     """JSON error body with the error's stable code; 503 when retrying may help, else 400."""
     chosen = status or (503 if exc.retryable else 400)
-    return jsonify(error={"code": exc.code, "message": str(exc)}), chosen
+    return jsonify(error=exc.to_json()), chosen
 
 
 def create_event_app(

@@ -43,6 +43,7 @@ from facerank.faces.detect import Box
 from facerank.gallery import Gallery
 from facerank.openset import MAX_TARGET_FACES, open_set_threshold
 from facerank.pipeline import FacePipeline
+from facerank.predictor import MODEL
 from facerank.registry import ModelRegistry, ServingModels
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
@@ -50,7 +51,7 @@ from inference.access_log import note_rejection
 from inference.follower import ServingFollower, ServingPair
 from inference.search import Match
 
-MODEL_NAME = "facerank"
+MODEL_NAME = MODEL
 DEFAULT_TOP_K = 3
 MAX_TOP_K = 100
 """Larger ``top_k`` values are capped: nobody reads a hundred look-alikes per face."""

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from training.cluster import Cluster
 from training.errors import RunNotFoundError
+from training.result import RunFailed, RunSucceeded
 from training.rundir import RUNS, RunDir
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class RunResult:
 
     status: RunStatus
     run: RunDir
-    result: dict[str, Any] | None
+    result: RunSucceeded | RunFailed | None
     """``result.json``: metrics, export and timings when it succeeded, the error when not."""
     attempts: int
 
@@ -99,7 +100,7 @@ class LocalTrainingLauncher:
             if run_id in self._runs:
                 return
             run = RunDir.of(self.shared_dir, run_id)
-            if (run.read_result() or {}).get("status") == "failed":
+            if isinstance(run.read_result(), RunFailed):
                 run.result_path.unlink()  # an earlier launch's verdict; this one starts afresh
             state = _Run(
                 run=run,
@@ -123,7 +124,7 @@ class LocalTrainingLauncher:
             result = RunDir.of(self.shared_dir, run_id).read_result()
             if result is None:
                 raise RunNotFoundError(f"no training run {run_id!r} started here, and no result")
-            return "succeeded" if result.get("status") == "succeeded" else "failed"
+            return result.status
         if state.outcome is not None:
             return state.outcome
         started = any(
@@ -220,18 +221,12 @@ class LocalTrainingLauncher:
     def _end(self, state: _Run, outcome: RunStatus, code: str = "", message: str = "") -> None:
         _kill(state.processes)
         recorded = state.run.read_result()
-        if outcome == "failed" and recorded is not None and recorded["status"] == "succeeded":
+        if outcome == "failed" and isinstance(recorded, RunSucceeded):
             outcome = "succeeded"  # the chief finished; a peer failed on the way out
         if outcome == "failed":
             log.error("run %s failed: %s", state.run.run_id, message)
             if recorded is None:
-                state.run.write_result(
-                    {
-                        "status": "failed",
-                        "run_id": state.run.run_id,
-                        "error": {"code": code, "message": message},
-                    }
-                )
+                state.run.write_result(RunFailed(state.run.run_id, code, message))
         state.outcome = outcome
         state.done.set()
 

@@ -29,6 +29,7 @@ from training.config import TrainConfig
 from training.data import FaceDataset, Split, read_dataset, split_by_identity
 from training.errors import ClusterConfigError
 from training.evaluate import calibrated_threshold, embed_with_model, score, score_baseline
+from training.result import RunFailed, RunSucceeded
 from training.rundir import ProgressLog, RunDir
 from training.watchdog import Watchdog
 
@@ -64,7 +65,7 @@ class Worker:
 
     def main(self) -> int:
         config, run = self.config, self.run
-        if (run.read_result() or {}).get("status") == "succeeded":
+        if isinstance(run.read_result(), RunSucceeded):
             log.info("run %s already succeeded; nothing to do", config.run_id)
             return EXIT_OK
         started = time.monotonic()
@@ -125,35 +126,34 @@ class Worker:
             baseline_version, baseline = score_baseline(
                 config.baseline, settings, chips, dataset.chip, labels, config.threshold
             )
-        result: dict[str, Any] = {
-            "status": "succeeded",
-            "run_id": config.run_id,
-            "version": config.version,
-            "export_dir": str(export_dir),
-            "match_threshold": threshold,
-            "backbone": outcome.backbone.kind,
-            "candidate": None if candidate is None else candidate.to_json(),
-            "baseline": None if baseline is None else baseline.to_json(),
-            "baseline_version": baseline_version,
-            "split": {
+        result = RunSucceeded(
+            run_id=config.run_id,
+            version=config.version,
+            export_dir=str(export_dir),
+            match_threshold=threshold,
+            backbone=outcome.backbone.kind,
+            candidate=None if candidate is None else candidate.to_json(),
+            baseline=None if baseline is None else baseline.to_json(),
+            baseline_version=baseline_version,
+            split={
                 "train_identities": [dataset.identities[i] for i in split.train],
                 "heldout_identities": [dataset.identities[i] for i in split.heldout],
                 "train_faces": len(split.faces(dataset.labels, split.train)),
                 "heldout_faces": len(faces),
             },
-            "training": {
+            training={
                 "workers": config.workers,
                 "steps": outcome.steps,
                 "resumed_from": outcome.resumed_from,
                 "final_loss": outcome.final_loss,
                 "images_per_s": outcome.images_per_s,
             },
-            "timings": {
+            timings={
                 "train_s": outcome.seconds,
                 "finish_s": time.monotonic() - began,
                 "total_s": time.monotonic() - started,
             },
-        }
+        )
         run.write_result(result)
         self._record("finished", status="succeeded")
         log.info("run %s succeeded: %s exported to %s", config.run_id, config.version, export_dir)
@@ -165,13 +165,7 @@ class Worker:
     def fail(self, exc: FacerankError) -> None:
         """Record a permanent failure in ``result.json`` (the chief's job)."""
         if self.chief:
-            self.run.write_result(
-                {"status": "failed", "run_id": self.config.run_id, "error": _error(exc)}
-            )
-
-
-def _error(exc: FacerankError) -> dict[str, str]:
-    return {"code": exc.code, "message": str(exc)}
+            self.run.write_result(RunFailed.of(self.config.run_id, exc))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from facerank.embedding.base import Embedder, l2_normalize
-from facerank.embedding.lbp import LbpEmbedder
+from facerank.embedding.lbp import LBP_VERSION, LbpEmbedder
 from facerank.errors import ModelLoadError
 
-BUILTIN_EMBEDDERS = ("lbp-v0",)
+BUILTIN_EMBEDDERS = (LBP_VERSION,)
 
 __all__ = [
     "BUILTIN_EMBEDDERS",
+    "LBP_VERSION",
     "Embedder",
     "LbpEmbedder",
     "l2_normalize",
@@ -47,7 +48,7 @@ def load_embedder(name: str) -> Embedder:
 
     The SavedModel embedder (and with it TensorFlow) is imported only when a path is given.
     """
-    if name == "lbp-v0":
+    if name == LBP_VERSION:
         return LbpEmbedder()
     from facerank.embedding.savedmodel import SavedModelEmbedder
 

@@ -11,6 +11,7 @@ from facerank.embedding import LbpEmbedder
 from facerank.embedding.savedmodel import ModelCard, SavedModelEmbedder, export_embedder
 from facerank.faces.align import ARCFACE_CHIP_112, ChipSpec
 from facerank.pipeline import FacePipeline
+from facerank.registry.locate import installed_models_dir
 from facerank.settings import Settings
 from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
@@ -55,7 +56,7 @@ def switch_scene(
     enroller.add("astronaut/eileen.jpg", astronaut)
     for i in range(4):
         enroller.add(f"lfw-{i}/1.jpg", lfw_photo(lfw_faces, i))
-    new_dir = settings.shared_dir / "models" / new_version
+    new_dir = installed_models_dir(settings) / new_version
     export_tiny_model(new_dir, version=new_version, chip=ARCFACE_CHIP_112)
     new_model = SavedModelEmbedder(new_dir)
     query = encode(variant(astronaut[:400, 60:460], np.random.default_rng(5)), "JPEG", quality=90)
