@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from facerank.embedding import load_embedder
@@ -110,7 +111,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(
     first_checkpoint = _wait_for(
         lambda: next((r for r in run.read_progress() if r["event"] == "checkpoint"), None), 90
     )
-    os.kill(launcher.pids("resume")[1], 9)  # SIGKILL the non-chief worker mid-run
+    worker_processes()[1].kill()  # SIGKILL the non-chief worker mid-run
     killed_at = max(r["step"] for r in run.read_progress() if r["event"] == "checkpoint")
     assert launcher.wait("resume", timeout=150) == "succeeded", _logs(run)
     assert launcher.attempts("resume") == 2
@@ -169,7 +170,8 @@ def test_the_launcher_fails_a_run_at_its_deadline(tmp_path: Path, lfw_faces: np.
     launcher.start("late", 2, str(run.config_path), deadline_s=1)
     launcher.start("late", 2, str(run.config_path), deadline_s=1)  # idempotent
     assert launcher.status("late") in ("pending", "failed")
-    pids = launcher.pids("late")
+    pids = [process.pid for process in worker_processes().values()]
+    assert len(pids) == 2
     assert launcher.wait("late", timeout=30) == "failed"
     result = run.read_result()
     assert isinstance(result, RunFailed)
@@ -190,6 +192,18 @@ def test_a_permanent_failure_is_recorded_and_not_retried(
     assert isinstance(outcome.result, RunFailed)
     assert outcome.result.code == "invalid_training_data"
     assert "identities_per_batch" in outcome.result.message
+
+
+def worker_processes() -> dict[int, psutil.Process]:
+    """The training workers this test started, by cluster index, as the OS lists them."""
+    workers = {}
+    for child in psutil.Process().children():
+        try:
+            if child.cmdline()[-2:] == ["-m", "training.worker"]:
+                workers[json.loads(child.environ()["TF_CONFIG"])["task"]["index"]] = child
+        except psutil.Error:
+            continue  # ended meanwhile
+    return workers
 
 
 def _wait_for(probe: object, timeout: float) -> dict[str, int]:

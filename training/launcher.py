@@ -150,10 +150,6 @@ class LocalTrainingLauncher:
             state.done.wait(timeout)
         return self.status(run_id)
 
-    def pids(self, run_id: str) -> list[int]:
-        """Process ids of the run's current workers, by worker index."""
-        return [p.pid for p in self._known(run_id).processes]
-
     def attempts(self, run_id: str) -> int:
         """How many times the run's workers were started (1 + restarts)."""
         return self._known(run_id).attempt

@@ -57,7 +57,7 @@ class Worker:
         self.run = run
         self.cluster = cluster
         self.index = cluster.index if cluster else 0
-        self.chief = self.index == 0
+        self.chief = cluster.is_chief if cluster else True
         self.progress = ProgressLog(run) if self.chief else None
         self.watchdog = Watchdog()
         self.settings = settings

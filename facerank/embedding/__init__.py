@@ -1,4 +1,10 @@
-"""Embedders: aligned face chips -> unit vectors tagged with a model version."""
+"""Embedders: aligned face chips -> unit vectors tagged with a model version.
+
+Here an embedder is loaded from what names it directly: a built-in name or an exported model
+directory. Which model a setting or the model pointer means (``auto``, a version name looked up
+in the model folders) is :mod:`facerank.registry.locate`'s job, which ends up calling
+:func:`load_embedder`.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ def _model_dir(name: str) -> Path:
 
 
 def load_embedder(name: str) -> Embedder:
-    """Resolve ``FACERANK_MODEL``: a built-in name, or the path of an exported model directory.
+    """The embedder ``name`` names: a built-in name, or the path of an exported model directory.
 
     The SavedModel embedder (and with it TensorFlow) is imported only when a path is given.
     """
