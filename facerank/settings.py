@@ -10,18 +10,20 @@ Every ``FACERANK_*`` variable a process reads is a field here, read once by its 
 which hands the object down; nothing else reads the environment for a setting. The variables
 that are not settings but protocol stay with the code that speaks it: ``FACERANK_TRAIN_*``
 (what the retrain function tells each training worker it starts, :mod:`training.cluster` and
-:mod:`training.worker`), and Knative's ``PORT`` and ``K_SINK``.
+:mod:`training.worker`), and Knative's ``PORT``, ``K_SINK`` and ``K_SERVICE``.
 
 Kubernetes service links: the kubelet gives a pod ``<SERVICE>_PORT=tcp://...`` for every
 Service of its namespace, so a Service ``facerank-web`` would set ``FACERANK_WEB_PORT``. Such
 a value is refused (``must be an integer``), never half-parsed; the manifests turn the links
 off (``enableServiceLinks: false``), which ``tests/test_infra_manifests.py`` checks.
 
-Why hand-written and not pydantic-settings (installed with KServe): tried, it did not come
-out smaller. Reading a given mapping (tests and ``facerank up`` pass one) and the ``*_FILE``
-secrets each need a custom settings source, and pydantic's messages ("Input should be less
-than 65536") need translating back into ours, which name the variable and the allowed values;
-the cross-field rules (``s3`` needs an endpoint) stay hand-written either way.
+Why hand-written and not pydantic-settings (installed with KServe): a prototype was not
+smaller or clearer. Field constraints replace the range checks of :meth:`Settings.validate`,
+but reading a given mapping (tests and ``facerank up`` pass one; its sources read
+``os.environ``) and the ``*_FILE`` secrets each need a custom settings source, and its
+messages ("FACERANK_PREDICTOR_PORT Input should be less than 65536", "Value error, ...")
+need a translation table back into ours, which name the variable and what is allowed; the
+cross-field rules (``s3`` needs an endpoint) and the token check stay hand-written either way.
 """
 
 from __future__ import annotations
