@@ -37,6 +37,7 @@ from training.backbones import backbone_chip
 from training.config import TrainConfig
 from training.data import write_dataset
 from training.launcher import LocalTrainingLauncher, run_local
+from training.result import RunSucceeded
 from training.rundir import RunDir
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
@@ -59,13 +60,12 @@ def one_run(shared: Path, name: str, workers: int, base: dict[str, Any]) -> dict
     write_dataset(run, chip, chips, [f"p{i}" for i in range(IDENTITIES) for _ in range(FACES_EACH)])
     launcher = LocalTrainingLauncher(shared, max_restarts=0)
     outcome = run_local(run.config_path, workers, deadline_s=600, launcher=launcher)
-    if outcome.status != "succeeded" or outcome.result is None:
+    if not isinstance(outcome.result, RunSucceeded):
         logs = "\n".join(p.read_text()[-2000:] for p in run.logs_dir.glob("*.log"))
         raise SystemExit(f"run {name} failed: {outcome.result}\n{logs}")
-    training = outcome.result["training"]
     return {
-        "images_per_s": training["images_per_s"],
-        "train_s": outcome.result["timings"]["train_s"],
+        "images_per_s": outcome.result.training["images_per_s"],
+        "train_s": outcome.result.timings["train_s"],
     }
 
 

@@ -44,6 +44,7 @@ from facerank.settings import Settings
 from training.config import TrainConfig
 from training.data import FaceDataset, export_folder_dataset, read_dataset, write_dataset
 from training.launcher import LocalTrainingLauncher, run_local
+from training.result import RunSucceeded
 from training.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,14 +118,14 @@ def fine_tune(
         ),
         launcher=LocalTrainingLauncher(shared, max_restarts=0),
     )
-    if outcome.status != "succeeded" or outcome.result is None:
-        logs = "\n".join(p.read_text()[-3000:] for p in run.logs_dir.glob("*.log"))
-        raise SystemExit(f"fine-tuning with {loss} failed: {outcome.result}\n{logs}")
     result = outcome.result
-    return Path(result["export_dir"]), {
+    if not isinstance(result, RunSucceeded):
+        logs = "\n".join(p.read_text()[-3000:] for p in run.logs_dir.glob("*.log"))
+        raise SystemExit(f"fine-tuning with {loss} failed: {result}\n{logs}")
+    return Path(result.export_dir), {
         "wall_s": time.monotonic() - began,
-        "final_loss": result["training"]["final_loss"],
-        "images_per_s": result["training"]["images_per_s"],
+        "final_loss": result.training["final_loss"],
+        "images_per_s": result.training["images_per_s"],
     }
 
 

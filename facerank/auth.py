@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
-from facerank.errors import FacerankError
+from facerank.errors import UnauthorizedError
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,6 @@ Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class UnauthorizedError(FacerankError):
-    """The API token is configured and the request did not carry it."""
-
-    code = "unauthorized"
 
 
 def authorization_header(token: str) -> dict[str, str]:
@@ -65,6 +59,12 @@ def is_authorized(expected: str, authorization: str | None) -> bool:
         return True
     scheme, _, credentials = (authorization or "").partition(" ")
     presented = credentials.strip() if scheme.lower() == SCHEME.lower() else ""
+    return same_token(presented, expected)
+
+
+def same_token(presented: str, expected: str) -> bool:
+    """Whether two tokens are equal, in constant time over their hashes: the one comparison
+    of every credential facerank checks (the API token, the event source's webhook token)."""
     return hmac.compare_digest(_digest(presented), _digest(expected))
 
 

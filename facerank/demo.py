@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from PIL import Image
 from facerank.errors import NoFaceError, ObjectNotFoundError
 from facerank.faces import Detection, FaceDetector
 from facerank.faces.detect import Box
+from facerank.files import atomic_writer
 from facerank.imaging import decode_image, read_image_file
 from facerank.npm import (
     FACE_API,
@@ -207,15 +207,8 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     """Write ``data`` atomically (temporary file, then rename) unless ``path`` holds it."""
     if path.is_file() and path.read_bytes() == data:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as file:
+        file.write(data)
 
 
 def _sample_number(photo: Path) -> int:

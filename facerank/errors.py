@@ -1,4 +1,12 @@
-"""Every error facerank raises on purpose, in one catalogue.
+"""The base of every error facerank raises on purpose, and the errors several packages share.
+
+Here: the errors more than one package raises or handles (settings, events, credentials,
+images, the object store, models). An error that one module raises and its own component
+handles lives beside that module, subclassing :class:`FacerankError` (``training/errors.py``,
+``facerank/predictor.py``, ``functions/retrain/kubernetes.py``, ...), so a reader sees what
+can go wrong where it goes wrong, and this file stays a short list of what crosses packages.
+Either way each error has one class and one ``code``, unique across the tree:
+``tests/test_errors.py`` checks it.
 
 Each class carries a stable ``code`` (used in rejection events, HTTP error bodies and CLI
 output, so clients can branch on it without parsing prose) and says whether retrying the same
@@ -13,11 +21,23 @@ class FacerankError(Exception):
     code = "error"
     retryable = False
 
+    def to_json(self) -> dict[str, str]:
+        """The machine-readable form: the stable ``code`` and the human ``message`` (CLI
+        output, HTTP error bodies, rejection events, a training run's result)."""
+        return {"code": self.code, "message": str(self)}
+
 
 class ConfigError(FacerankError):
     """A setting from the environment or a flag has an invalid value."""
 
     code = "invalid_config"
+
+
+class UnauthorizedError(FacerankError):
+    """A token is configured and the request did not carry it (the API token, or the event
+    source's webhook token); compared by :func:`facerank.auth.same_token`."""
+
+    code = "unauthorized"
 
 
 class InvalidEventError(FacerankError):

@@ -1,12 +1,16 @@
-"""Replacing a local file all at once: readers see the old bytes or the new, never a mix.
+"""Replacing a local file, or placing a folder, all at once: readers see the old state or the
+new, never a mix.
 
 Used wherever facerank keeps state in plain files that other processes read while it writes:
-the local broker's spool, and a training run's folder on the shared volume.
+the local broker's spool, a training run's folder on the shared volume, the demo's photos;
+and wherever it places a folder others load (model exports, installed models), so that a
+folder that exists is complete.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,3 +45,25 @@ def atomic_writer(
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A private sibling folder to fill; renamed to ``target`` once the block succeeds.
+
+    Readable by other users once in place (models are read by other service users). If
+    ``target`` appeared meanwhile (another process made the same immutable folder), the
+    winner's copy is kept and ours dropped; on an error nothing is left behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed

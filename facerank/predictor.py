@@ -17,6 +17,15 @@ from facerank.auth import authorization_header
 from facerank.errors import FacerankError
 
 MODEL = "facerank"
+"""The name the predictor serves its model under (KServe's ``Model`` name), in every URL."""
+
+READY_PATH = f"/v1/models/{MODEL}"
+"""KServe answers 200 here once the model is loaded: what ``facerank up`` waits for."""
+
+
+def predict_url(base_url: str) -> str:
+    """The V1 predict endpoint of the predictor at ``base_url``."""
+    return f"{base_url.rstrip('/')}{READY_PATH}:predict"
 
 
 class PredictorError(FacerankError):
@@ -46,7 +55,7 @@ def predict(
 ) -> dict[str, Any]:
     """One V1 predict call, presenting ``api_token`` when set; the first (only) prediction."""
     body = {"instances": [{"image": {"b64": base64.b64encode(image).decode()}, "top_k": top_k}]}
-    url = f"{base_url.rstrip('/')}/v1/models/{MODEL}:predict"
+    url = predict_url(base_url)
     request = urllib.request.Request(  # noqa: S310 - the user names the predictor URL
         url,
         data=json.dumps(body).encode(),

@@ -16,21 +16,6 @@ from waitress.server import create_server
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-"""Loopback unless told otherwise (containers pass 0.0.0.0): a laptop is not a server."""
-
-
-LISTEN_HOST_ENV = "FACERANK_LISTEN_HOST"
-
-
-def listen_host(*names: str) -> str:
-    """The first of the named variables that is set, then ``FACERANK_LISTEN_HOST``, then
-    loopback (containers set ``0.0.0.0``)."""
-    for name in (*names, LISTEN_HOST_ENV):
-        if os.environ.get(name):
-            return os.environ[name]
-    return DEFAULT_HOST
-
 
 def listen_port(default: int) -> int:
     """``PORT`` as Knative and KServe inject it, else the component's default from settings."""

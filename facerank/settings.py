@@ -5,6 +5,25 @@ and under ``facerank up``; each gets its configuration the same way (environment
 injects it), and flags only override. Secrets may come from a mounted file
 (``FACERANK_S3_SECRET_KEY_FILE``), as Kubernetes Secrets are mounted, and never appear in
 ``repr`` or logs.
+
+Every ``FACERANK_*`` variable a process reads is a field here, read once by its entry point,
+which hands the object down; nothing else reads the environment for a setting. The variables
+that are not settings but protocol stay with the code that speaks it: ``FACERANK_TRAIN_*``
+(what the retrain function tells each training worker it starts, :mod:`training.cluster` and
+:mod:`training.worker`), and Knative's ``PORT``, ``K_SINK`` and ``K_SERVICE``.
+
+Kubernetes service links: the kubelet gives a pod ``<SERVICE>_PORT=tcp://...`` for every
+Service of its namespace, so a Service ``facerank-web`` would set ``FACERANK_WEB_PORT``. Such
+a value is refused (``must be an integer``), never half-parsed; the manifests turn the links
+off (``enableServiceLinks: false``), which ``tests/test_infra_manifests.py`` checks.
+
+Why hand-written and not pydantic-settings (installed with KServe): a prototype was not
+smaller or clearer. Field constraints replace the range checks of :meth:`Settings.validate`,
+but reading a given mapping (tests and ``facerank up`` pass one; its sources read
+``os.environ``) and the ``*_FILE`` secrets each need a custom settings source, and its
+messages ("FACERANK_PREDICTOR_PORT Input should be less than 65536", "Value error, ...")
+need a translation table back into ours, which name the variable and what is allowed; the
+cross-field rules (``s3`` needs an endpoint) and the token check stay hand-written either way.
 """
 
 from __future__ import annotations
@@ -29,6 +48,12 @@ TrainingBackend = Literal["local", "kubernetes"]
 ENV_PREFIX = "FACERANK_"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _API_TOKEN = re.compile(r"[\x21-\x7e]{16,4096}")
+
+
+def env_var(name: str) -> str:
+    """The variable that sets field ``name``: ``FACERANK_<NAME>``, for messages and for
+    writing a child's environment."""
+    return ENV_PREFIX + name.upper()
 
 
 def default_data_dir() -> Path:
@@ -56,10 +81,10 @@ class Settings:
     """Re-creatable files: npm tarballs (``npm/``) and converted or fetched models (``models/``).
     Kept apart from ``data_dir`` so a fresh gallery reuses what setup downloaded once."""
 
-    shared_dir: Path | None = None
+    shared_dir: Path = Path()
     """The volume training workers, re-embedding and the predictor share (an RWX PVC at
-    ``/shared`` in a cluster): training runs and promoted model exports. Default:
-    ``data_dir/shared``."""
+    ``/shared`` in a cluster): training runs and promoted model exports. Empty (the default):
+    ``data_dir/shared``, filled in when the object is made, so it is always a real path."""
 
     store: StoreKind = "folder"
     """``folder`` (embedded default) or ``s3`` (MinIO or any S3 endpoint)."""
@@ -124,11 +149,28 @@ class Settings:
     (half the memory; recall@10 against the exact search in ``bench/bench_gallery_scale.py``);
     0 keeps every search exact."""
 
+    listen_host: str = "127.0.0.1"
+    """Address every facerank process binds: loopback unless told otherwise (containers set
+    ``0.0.0.0``), because a laptop is not a server."""
+
     broker_port: int = 8090
     """Local broker ingress (embedded mode; in a cluster the Knative Broker replaces it)."""
 
+    broker_host: str = ""
+    """Address the local broker binds; empty: ``listen_host``."""
+
+    broker_name: str = ""
+    """Which Broker of the eventing manifests the local broker runs; empty: the only one."""
+
+    broker_subscribers: str = ""
+    """``name=url,...``: where each Trigger's ``subscriber.ref`` listens on this machine
+    (``facerank up`` sets it; :mod:`facerank.broker.subscribers`)."""
+
     source_port: int = 8091
     """Bucket event source: MinIO webhook and SNS endpoints."""
+
+    source_host: str = ""
+    """Address the event source binds; empty: ``listen_host``."""
 
     enroll_port: int = 8092
 
@@ -239,7 +281,7 @@ class Settings:
     signal in a training worker."""
 
     def __post_init__(self) -> None:
-        if self.shared_dir is None:
+        if self.shared_dir == Path():
             object.__setattr__(self, "shared_dir", self.data_dir / "shared")
 
     @property
@@ -310,7 +352,7 @@ class Settings:
         Unset optional fields are left out too, so children fall back to the same default.
         """
         return {
-            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
+            env_var(f.name): str(getattr(self, f.name))
             for f in fields(self)
             if f.repr and getattr(self, f.name) is not None
         }
@@ -348,11 +390,10 @@ class Settings:
         ports = ("predictor_port", "broker_port", "source_port", "enroll_port", "web_port")
         for name in (*ports, "retrain_port", "identify_port", "notify_port"):
             if not 0 < getattr(self, name) < 65536:
-                raise ConfigError(f"{ENV_PREFIX}{name.upper()} out of range: {getattr(self, name)}")
+                raise ConfigError(f"{env_var(name)} out of range: {getattr(self, name)}")
         if not 0 <= self.predictor_grpc_port < 65536:
-            raise ConfigError(
-                f"FACERANK_PREDICTOR_GRPC_PORT out of range: {self.predictor_grpc_port} (0: off)"
-            )
+            port = self.predictor_grpc_port
+            raise ConfigError(f"{env_var('predictor_grpc_port')} out of range: {port} (0: off)")
         if self.training_backend not in ("local", "kubernetes"):
             raise ConfigError("FACERANK_TRAINING_BACKEND must be 'local' or 'kubernetes'")
         for name in (
@@ -363,11 +404,11 @@ class Settings:
             "retrain_deadline_s",
         ):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+                raise ConfigError(f"{env_var(name)} must be positive")
         for name in ("predictor_url", "notify_webhook_url"):
             value = getattr(self, name)
             if value and not value.startswith(("http://", "https://")):
-                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must start with http:// or https://")
+                raise ConfigError(f"{env_var(name)} must start with http:// or https://")
         if not 0 < self.identify_top_k <= 100:
             raise ConfigError("FACERANK_IDENTIFY_TOP_K must be in 1..100")
         if self.retrain_after_enrollments < 0:
@@ -384,14 +425,14 @@ class Settings:
             )
         for name in ("min_face_size", "max_faces", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+                raise ConfigError(f"{env_var(name)} must be positive")
         if self.stop_timeout_s is not None and self.stop_timeout_s <= 0:
-            raise ConfigError("FACERANK_STOP_TIMEOUT_S must be positive")
+            raise ConfigError(f"{env_var('stop_timeout_s')} must be positive")
 
 
 def _read_env(env: Mapping[str, str], name: str) -> str | None:
     """``FACERANK_NAME``, or the contents of the file named by ``FACERANK_NAME_FILE``."""
-    var = ENV_PREFIX + name.upper()
+    var = env_var(name)
     if var in env:
         return env[var]
     path = env.get(var + "_FILE")
@@ -405,7 +446,7 @@ def _read_env(env: Mapping[str, str], name: str) -> str | None:
 
 def _parse(name: str, type_name: Any, raw: str) -> Any:
     """Convert one environment string to the field's type (annotations are strings here)."""
-    var = ENV_PREFIX + name.upper()
+    var = env_var(name)
     if type_name == "int":
         try:
             return int(raw)
@@ -416,6 +457,6 @@ def _parse(name: str, type_name: Any, raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise ConfigError(f"{var} must be a number, not {raw!r}") from None
-    if type_name in ("Path", "Path | None"):
+    if type_name == "Path":
         return Path(raw)
     return raw

@@ -21,11 +21,10 @@ from cloudevents.http import CloudEvent
 from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from facerank.auth import CHALLENGE, UnauthorizedError, require_token
+from facerank.auth import CHALLENGE, require_token
 from facerank.cehttp import from_http, to_binary
-from facerank.errors import FacerankError
+from facerank.errors import FacerankError, UnauthorizedError
 from facerank.requestlog import log_refusal, request_id
-from facerank.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +50,19 @@ def empty_response(status: int = 202) -> Response:
 def error_response(exc: FacerankError, status: int | None = None) -> tuple[Response, int]:
     """JSON error body with the error's stable code; 503 when retrying may help, else 400."""
     chosen = status or (503 if exc.retryable else 400)
-    return jsonify(error={"code": exc.code, "message": str(exc)}), chosen
+    return jsonify(error=exc.to_json()), chosen
 
 
-def create_event_app(name: str, handle: Callable[[CloudEvent], CloudEvent | None]) -> Flask:
+def create_event_app(
+    name: str, handle: Callable[[CloudEvent], CloudEvent | None], *, api_token: str
+) -> Flask:
     """A function taking one CloudEvent at ``POST /`` and answering ``handle``'s reply event,
     or an empty 202 when it has none.
 
     The reply comes only after ``handle`` returned, i.e. once its writes are durable; a
     retryable failure it raises becomes a 503, so the broker retries.
     """
-    app = create_function_app(name)
+    app = create_function_app(name, api_token=api_token)
 
     @app.post("/")
     def receive() -> Response:
@@ -71,19 +72,14 @@ def create_event_app(name: str, handle: Callable[[CloudEvent], CloudEvent | None
     return app
 
 
-def create_function_app(
-    name: str, *, api_token: str | None = None, own_auth: Collection[str] = ()
-) -> Flask:
+def create_function_app(name: str, *, api_token: str, own_auth: Collection[str] = ()) -> Flask:
     """A Flask app with the limits, the health endpoint and the API token every function needs.
 
-    ``api_token`` defaults to ``FACERANK_API_TOKEN`` (or the file ``FACERANK_API_TOKEN_FILE``
-    names), read from the environment where each function's entry point reads its settings:
-    so every function is guarded alike without handing the secret through each factory.
-    ``/healthz`` stays open (kubelet and ``facerank up`` probe it without credentials), and so
-    do the paths in ``own_auth``, which check a credential of their own (MinIO's webhook sends
-    its ``auth_token``, which is not ours to choose).
+    ``api_token`` is the settings' (empty: not checked), a required argument so that no
+    factory can forget it and serve unguarded. ``/healthz`` stays open (kubelet and ``facerank
+    up`` probe it without credentials), and so do the paths in ``own_auth``, which check a
+    credential of their own (MinIO's webhook sends its ``auth_token``, not ours to choose).
     """
-    token = Settings.from_env().api_token if api_token is None else api_token
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = MAX_EVENT_BYTES
     open_paths = frozenset({"/healthz", *own_auth})
@@ -91,14 +87,9 @@ def create_function_app(
     @app.before_request
     def check_token() -> None:
         if request.path not in open_paths:
-            require_token(token, request.headers.get("Authorization"))
+            require_token(api_token, request.headers.get("Authorization"))
 
-    @app.errorhandler(UnauthorizedError)
-    def unauthorized(exc: UnauthorizedError) -> tuple[Response, int]:
-        refused(401, exc.code, f"from {request.remote_addr}: no valid API token")
-        response, status = error_response(exc, 401)
-        response.headers["WWW-Authenticate"] = CHALLENGE
-        return response, status
+    app.register_error_handler(UnauthorizedError, token_refused)
 
     @app.get("/healthz")
     def healthz() -> tuple[dict[str, str], int]:
@@ -118,6 +109,14 @@ def create_function_app(
         return exc
 
     return app
+
+
+def token_refused(exc: UnauthorizedError) -> tuple[Response, int]:
+    """401 for a request without the API token, with its challenge and its log line."""
+    refused(401, exc.code, f"from {request.remote_addr}: no valid API token")
+    response, status = error_response(exc, 401)
+    response.headers["WWW-Authenticate"] = CHALLENGE
+    return response, status
 
 
 def refused(status: int, code: str, reason: str) -> None:

@@ -14,7 +14,7 @@ import warnings
 from kserve.model_server import app as kserve_app
 
 from facerank.auth import BearerTokenMiddleware
-from facerank.serving import listen_host, listen_port
+from facerank.serving import listen_port
 from facerank.settings import Settings
 from facerank.storage import open_store
 from inference import access_log
@@ -46,12 +46,7 @@ def main() -> None:
         level=settings.log_level.upper(), format="%(asctime)s predictor %(levelname)s %(message)s"
     )
     one_blas_thread()
-    model = FacerankModel(
-        settings,
-        open_store(settings),
-        refresh_s=settings.gallery_refresh_s,
-        threshold=settings.match_threshold,
-    )
+    model = FacerankModel(settings, open_store(settings))
     # Readiness waits for this (seconds with TensorFlow, longer while the store is away).
     log.info("loading the active model and its gallery")
     model.load()
@@ -67,7 +62,7 @@ def main() -> None:
     grpc_port = settings.predictor_grpc_port
     server = PredictorServer(
         http_port=listen_port(settings.predictor_port),
-        grpc_address=(listen_host(), grpc_port) if grpc_port else None,
+        grpc_address=(settings.listen_host, grpc_port) if grpc_port else None,
         token=settings.api_token,
         max_message_bytes=grpc_message_limit(settings.max_image_bytes),
     )

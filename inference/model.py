@@ -42,14 +42,16 @@ from facerank.faces.detect import Box
 from facerank.gallery import Gallery
 from facerank.openset import MAX_TARGET_FACES, open_set_threshold
 from facerank.pipeline import FacePipeline
+from facerank.predictor import MODEL
 from facerank.registry import ModelRegistry, ServingModels
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
 from inference.access_log import note_rejection
 from inference.follower import ServingFollower, ServingPair
 from inference.search import Match
-from inference.v2 import IMAGE_INPUT, MODEL_NAME, TOP_K, model_metadata, v2_response
+from inference.v2 import IMAGE_INPUT, TOP_K, model_metadata, v2_response
 
+MODEL_NAME = MODEL
 DEFAULT_TOP_K = 3
 MAX_TOP_K = 100
 """Larger ``top_k`` values are capped: nobody reads a hundred look-alikes per face."""
@@ -94,17 +96,9 @@ class FaceRanking:
 class FacerankModel(Model):
     """``facerank`` for KServe: ready once the pipeline and the first gallery snapshot are."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        store: ObjectStore,
-        *,
-        refresh_s: float = Settings.gallery_refresh_s,
-        threshold: float | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore) -> None:
         super().__init__(MODEL_NAME)
         self.settings = settings
-        self.threshold = threshold
         self.serving: ServingPair | None = None
         self._threshold_of: tuple[ServingPair | None, float] = (None, 0.0)
         """The open-set threshold of a served pair, swapped with it (see :meth:`_serve`)."""
@@ -113,7 +107,7 @@ class FacerankModel(Model):
             ServingModels(ModelRegistry(store, settings.models_bucket), settings),
             lambda embedder: FacePipeline.from_settings(settings, embedder),
             self._serve,
-            interval=refresh_s,
+            interval=settings.gallery_refresh_s,
             approximate_above=settings.search_approximate_above,
         )
 
@@ -220,8 +214,8 @@ class FacerankModel(Model):
     def _match_threshold(self, pair: ServingPair) -> float:
         """An explicit threshold, else the model's pair threshold made open-set for this
         gallery's size (:mod:`facerank.openset`): computed once per served pair."""
-        if self.threshold:
-            return self.threshold
+        if self.settings.match_threshold:
+            return self.settings.match_threshold
         vectors, identities = pair.snapshot.sample(MAX_TARGET_FACES)
         return open_set_threshold(
             vectors,

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse
 
+from facerank.predictor import MODEL
+
 if TYPE_CHECKING:  # the model builds rankings and calls this module: no import cycle
     from inference.model import FaceRanking
 
-MODEL_NAME = "facerank"
 PLATFORM = "facerank"
 """The model's platform in its metadata: facerank's own pipeline (decode, detect, align,
 embed, rank) on KServe's Python ModelServer; ``versions`` names the embedder version."""
@@ -108,7 +109,7 @@ def v2_response(
     }
     return InferResponse(
         response_id=request.id or str(uuid.uuid4()),
-        model_name=MODEL_NAME,
+        model_name=MODEL,
         model_version=model_version,
         infer_outputs=[_output(tensor, columns[tensor.name]) for tensor in OUTPUTS],
         parameters={"model_version": model_version},

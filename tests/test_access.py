@@ -28,7 +28,6 @@ import yaml
 
 from facerank.auth import BearerTokenMiddleware, authorization_header, is_authorized
 from facerank.broker import LocalBroker
-from facerank.broker.subscribers import SUBSCRIBERS_ENV
 from facerank.cehttp import from_http, to_binary
 from facerank.errors import ConfigError
 from facerank.events import FACE_ENROLLED, DeliveryError, ObjectChangeData, object_event
@@ -280,15 +279,12 @@ def test_the_minio_webhook_checks_its_own_token(secured: Secured) -> None:
     assert requests.post(webhook, data=b"", headers=bearer(WEBHOOK), timeout=30).status_code == 200
 
 
-def test_the_dead_letter_sink_refuses_without_the_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FACERANK_API_TOKEN", TOKEN)
+def test_the_dead_letter_sink_refuses_without_the_token(tmp_path: Path) -> None:
     store = FolderStore(tmp_path)
     store.ensure_bucket("dead-letter")
     event = object_event("created", "urn:test", ObjectChangeData("faces", "x/1.jpg", etag="1"))
     headers, body = to_binary(event)
-    with serving(dead_letter_app(store)) as url:
+    with serving(dead_letter_app(store, api_token=TOKEN)) as url:
         assert_refused(requests.post(url, data=body, headers=headers, timeout=30))
         accepted = requests.post(url, data=body, headers={**headers, **bearer(TOKEN)}, timeout=30)
     assert accepted.status_code == 202
@@ -310,12 +306,8 @@ def test_photos_flow_through_broker_and_functions_with_the_token(
     assert not list((secured.data_dir / "broker" / "dead-letter").glob("*/*.json"))
 
 
-def test_a_broker_without_the_token_gets_a_final_401(
-    secured: Secured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_broker_without_the_token_gets_a_final_401(secured: Secured, tmp_path: Path) -> None:
     """A broker that does not present the token is refused, and 401 is not retried."""
-    monkeypatch.delenv("FACERANK_API_TOKEN", raising=False)
-    monkeypatch.delenv("FACERANK_API_TOKEN_FILE", raising=False)
     folder = tmp_path / "eventing"
     folder.mkdir()
     documents = [
@@ -334,7 +326,7 @@ def test_a_broker_without_the_token_gets_a_final_401(
     ]
     (folder / "eventing.yaml").write_text(yaml.safe_dump_all(documents), "utf-8")
     settings = Settings.from_env({}, data_dir=tmp_path / "data", eventing_dir=folder)
-    broker = LocalBroker.from_settings(settings, {SUBSCRIBERS_ENV: ""})
+    broker = LocalBroker.from_settings(settings)
     broker.start()
     try:
         event = object_event("created", "urn:test", ObjectChangeData("faces", "x/1.jpg", etag="1"))

@@ -227,8 +227,8 @@ def start_broker(tmp_path: Path, stack: ExitStack) -> StartBroker:
         settings = Settings.from_env(
             {}, data_dir=tmp_path / "data", eventing_dir=tmp_path / "eventing"
         )
-        env = {SUBSCRIBERS_ENV: ",".join(f"{k}={v}" for k, v in subscribers.items())}
-        broker = LocalBroker.from_settings(settings, env)
+        urls = ",".join(f"{k}={v}" for k, v in subscribers.items())
+        broker = LocalBroker.from_settings(settings.replace(broker_subscribers=urls))
         broker.start()
         inner = ExitStack()
         inner.callback(broker.stop, grace=2.0)
@@ -541,7 +541,7 @@ def test_unknown_subscribers_stop_the_start(tmp_path: Path) -> None:
         ConfigError,
         match=r"sub-a \(trigger\(s\) created-to-a\), sub-b \(trigger\(s\) enrolled-to-b\)",
     ):
-        LocalBroker.from_settings(settings, {SUBSCRIBERS_ENV: "other=http://127.0.0.1:1"})
+        LocalBroker.from_settings(settings.replace(broker_subscribers="other=http://127.0.0.1:1"))
 
 
 @pytest.mark.parametrize(

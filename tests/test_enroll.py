@@ -71,7 +71,7 @@ def make_service(store: ObjectStore, tmp_path: Path, **settings: Any) -> Iterato
     store.ensure_bucket("faces")
     handler = build_handler(config, store)
     handler.gallery.ensure()
-    with serving(create_app(handler)) as url:
+    with serving(create_app(handler, api_token="")) as url:
         yield EnrollService(url, store, handler.gallery)
 
 
@@ -241,7 +241,7 @@ def test_store_outage_answers_503_so_the_broker_retries(tmp_path: Path) -> None:
     dead = S3Store("http://127.0.0.1:9", "facerank-test", "facerank-test-secret")
     config = Settings(data_dir=tmp_path)
     handler = build_handler(config, dead)
-    with serving(create_app(handler)) as url:
+    with serving(create_app(handler, api_token="")) as url:
         event = object_event("created", SOURCE, ObjectChangeData("faces", "eileen/1.jpg", etag="x"))
         headers, body = to_binary(event)
         response = requests.post(url, data=body, headers=headers, timeout=60)

@@ -30,7 +30,6 @@ from cloudevents.http import CloudEvent
 
 from facerank.broker import LocalBroker
 from facerank.broker import create_app as broker_app
-from facerank.broker.subscribers import SUBSCRIBERS_ENV
 from facerank.cehttp import to_binary
 from facerank.events import ObjectChangeData, object_event
 from facerank.gallery import Gallery
@@ -113,7 +112,7 @@ def test_any_order_and_any_repetition_ends_in_the_bucket_state(
     handler.gallery.ensure()
     gallery = handler.gallery
     history: list[CloudEvent] = []
-    with serving(enroll_app(handler)) as url:
+    with serving(enroll_app(handler, api_token="")) as url:
 
         def deliver(event: CloudEvent, status: int) -> None:
             history.append(event)
@@ -225,9 +224,9 @@ def world(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[World]:
     )
     handler = build_handler(settings, store)
     try:
-        with serving(enroll_app(handler)) as enroll_url:
+        with serving(enroll_app(handler, api_token="")) as enroll_url:
             broker = LocalBroker.from_settings(
-                settings, {SUBSCRIBERS_ENV: f"facerank-enroll={enroll_url}"}
+                settings.replace(broker_subscribers=f"facerank-enroll={enroll_url}")
             )
             broker.start()
             try:

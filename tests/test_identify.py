@@ -257,7 +257,7 @@ def test_an_unreachable_predictor_is_a_503_so_the_broker_retries(
         handler.handle(event)
     assert not world.store.exists("queries", result_key("later.jpg"))
     headers, body = to_binary(event)
-    response = create_app(handler).test_client().post("/", headers=headers, data=body)
+    response = create_app(handler, api_token="").test_client().post("/", headers=headers, data=body)
     assert response.status_code == 503
     assert response.json["error"]["code"] == "predictor_unavailable"
 

@@ -24,7 +24,6 @@ from functions.retrain.kubernetes import (
     TRAIN_PORT,
     InvalidRunError,
     KubernetesTrainingLauncher,
-    RunNotFoundError,
     TemplateNotFoundError,
     TrainingBackendUnavailableError,
     TrainingLaunchError,
@@ -36,6 +35,7 @@ from functions.retrain.kubernetes import (
 from tests.plugins.http import serving
 from tests.plugins.infra import get, rendered
 from tests.plugins.kube_api import KUBERNETES_VERSION, FakeKubernetes
+from training.errors import RunNotFoundError
 
 NAMESPACE = "facerank"
 CONFIG = "/shared/runs/r1/config.json"

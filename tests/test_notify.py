@@ -82,7 +82,7 @@ def test_a_matching_event_is_posted_as_chat_text_without_pixels_or_vectors(
     webhook: Webhook,
 ) -> None:
     hook, url = webhook, webhook.url
-    app = create_app(NotifyHandler(url, NotifyFilter.parse("alice,unknown")))
+    app = create_app(NotifyHandler(url, NotifyFilter.parse("alice,unknown")), api_token="")
     assert post(app, identified(["alice"], unknown=1)) == 202
     [body] = hook.bodies
     assert body["text"] == "facerank: alice (0.31), 1 unknown face in queries/party/1.jpg"
@@ -101,7 +101,7 @@ def test_events_outside_the_filter_and_other_types_post_nothing(
     webhook: Webhook,
 ) -> None:
     hook, url = webhook, webhook.url
-    app = create_app(NotifyHandler(url, NotifyFilter.parse("alice")))
+    app = create_app(NotifyHandler(url, NotifyFilter.parse("alice")), api_token="")
     assert post(app, identified(["bob"], unknown=3)) == 202
     enrolled = CloudEvent({"type": FACE_ENROLLED, "source": "s", "id": "x"}, {"identity": "alice"})
     assert post(app, enrolled) == 202
@@ -110,7 +110,7 @@ def test_events_outside_the_filter_and_other_types_post_nothing(
 
 def test_a_redelivered_event_is_posted_once(webhook: Webhook) -> None:
     hook, url = webhook, webhook.url
-    app = create_app(NotifyHandler(url, NotifyFilter.parse("*")))
+    app = create_app(NotifyHandler(url, NotifyFilter.parse("*")), api_token="")
     assert post(app, identified(["alice"], event_id="same")) == 202
     assert post(app, identified(["alice"], event_id="same")) == 202
     assert post(app, identified(["alice"], event_id="other")) == 202
@@ -123,7 +123,7 @@ def test_webhook_failures_are_retried_by_the_broker_and_refusals_dead_lettered(
 ) -> None:
     """503 is what the broker retries (then dead-letters); 400 it dead-letters at once."""
     hook, url = webhook, webhook.url
-    app = create_app(NotifyHandler(url, NotifyFilter.parse("*")))
+    app = create_app(NotifyHandler(url, NotifyFilter.parse("*")), api_token="")
     hook.status = status
     assert post(app, identified(["alice"])) == answer
     hook.status = 200
@@ -135,7 +135,7 @@ def test_an_unreachable_webhook_is_retryable_and_its_url_never_echoed(
     free_port: Callable[[], int],
 ) -> None:
     secret_url = f"http://127.0.0.1:{free_port()}/services/T000/B000/secret-token"
-    app = create_app(NotifyHandler(secret_url, NotifyFilter.parse("*")))
+    app = create_app(NotifyHandler(secret_url, NotifyFilter.parse("*")), api_token="")
     headers, body = to_binary(identified(["alice"]))
     response = app.test_client().post("/", headers=headers, data=body)
     assert response.status_code == 503
@@ -144,5 +144,5 @@ def test_an_unreachable_webhook_is_retryable_and_its_url_never_echoed(
 
 
 def test_without_a_webhook_nothing_is_posted_and_nothing_fails() -> None:
-    app = create_app(NotifyHandler("", NotifyFilter.parse("*")))
+    app = create_app(NotifyHandler("", NotifyFilter.parse("*")), api_token="")
     assert post(app, identified(["alice"])) == 202

@@ -174,7 +174,7 @@ def retrain(tmp_path: Path, lfw_faces: np.ndarray) -> Iterator[Callable[..., Ret
             events.append,
         )
         url = servers.enter_context(
-            serving(create_app(RetrainHandler(orchestrator, in_background)))
+            serving(create_app(RetrainHandler(orchestrator, in_background), api_token=""))
         )
         return Retrain(url, orchestrator, events, enroller)
 

@@ -464,14 +464,6 @@ def test_file_dropped_by_hand_is_an_object(folder_store: FolderStore, folder_buc
     assert folder_store.get(BUCKET, "alice/me.jpg").data == b"photo bytes"
 
 
-def test_object_path_is_where_the_file_lives(folder_store: FolderStore) -> None:
-    path = folder_store.object_path(BUCKET, "alice/me.jpg")
-
-    assert path == folder_store.root / BUCKET / "alice" / "me.jpg"
-    with pytest.raises(InvalidKeyError):
-        folder_store.object_path(BUCKET, "../escape")
-
-
 def test_description_names_the_root(folder_store: FolderStore) -> None:
     assert folder_store.description == f"folder:{folder_store.root}"
 

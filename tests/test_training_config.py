@@ -22,6 +22,7 @@ from training.errors import (
     RunNotFoundError,
     TrainingConfigError,
 )
+from training.result import RunFailed, RunSucceeded
 from training.rundir import ProgressLog, RunDir
 
 
@@ -79,6 +80,51 @@ def test_default_version_is_dated_and_names_the_run() -> None:
 def test_missing_run_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(RunNotFoundError):
         RunDir.of(tmp_path, "nope").read_config()
+
+
+def test_run_results_round_trip_typed(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, config())
+    assert run.read_result() is None
+    succeeded = RunSucceeded(
+        run_id="r1",
+        version="ft-20260101-r1",
+        export_dir=str(tmp_path / "export"),
+        match_threshold=0.4,
+        backbone="scratch",
+        candidate={"rank1": 1.0},
+        baseline=None,
+        baseline_version="lbp-v0",
+        split={"heldout_faces": 3},
+        training={"workers": 2},
+        timings={"total_s": 1.5},
+    )
+    run.write_result(succeeded)
+    assert run.read_result() == succeeded
+    assert json.loads(run.result_path.read_text())["status"] == "succeeded"
+    failed = RunFailed.of("r1", TrainingConfigError("bad batch"))
+    run.write_result(failed)
+    assert run.read_result() == failed
+    assert json.loads(run.result_path.read_text())["error"] == {
+        "code": "invalid_training_config",
+        "message": "bad batch",
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        '{"status": "maybe", "run_id": "r1"}',
+        '{"status": "failed", "run_id": "r1"}',
+        '{"status": "succeeded", "run_id": "r1", "colour": "blue"}',
+        "not json",
+    ],
+)
+def test_a_file_that_is_no_result_is_refused(tmp_path: Path, text: str) -> None:
+    run = RunDir.create(tmp_path, config())
+    run.result_path.write_text(text)
+    with pytest.raises(TrainingConfigError):
+        run.read_result()
 
 
 def test_progress_log_appends_atomically_and_continues(tmp_path: Path) -> None:

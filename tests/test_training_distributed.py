@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from facerank.embedding import load_embedder
@@ -26,6 +27,7 @@ from training.backbones import backbone_chip
 from training.config import TrainConfig
 from training.data import read_dataset, split_by_identity, write_dataset
 from training.launcher import LocalTrainingLauncher, run_local
+from training.result import RunFailed, RunSucceeded
 from training.rundir import RunDir
 
 pytestmark = pytest.mark.slow
@@ -74,9 +76,9 @@ def test_two_workers_train_and_export_a_model_facerank_loads(
     assert outcome.status == "succeeded", _logs(run)
     assert outcome.attempts == 1
     result = outcome.result
-    assert result is not None
-    assert result["training"]["workers"] == 2
-    assert result["training"]["resumed_from"] == 0
+    assert isinstance(result, RunSucceeded)
+    assert result.training["workers"] == 2
+    assert result.training["resumed_from"] == 0
     steps = [r["step"] for r in seen if r["event"] == "step"]
     assert steps == [2, 4, 6, 8, 10, 12]
     assert [r["event"] for r in seen][-2:] == ["exported", "finished"]
@@ -84,7 +86,7 @@ def test_two_workers_train_and_export_a_model_facerank_loads(
     assert (run.checkpoints_dir / "checkpoint").is_file()
     assert not any(run.path.joinpath("workers").glob("*/ckpt-*"))
 
-    embedder = load_embedder(result["export_dir"])
+    embedder = load_embedder(result.export_dir)
     assert embedder.model_version == "ft-test-two"
     assert embedder.dim == 32
     dataset = read_dataset(run)
@@ -92,12 +94,12 @@ def test_two_workers_train_and_export_a_model_facerank_loads(
     # the exported model is the one that was scored: same metrics on the held-out faces
     split = split_by_identity(dataset.labels, 0.25, 0)
     faces = split.faces(dataset.labels, split.heldout)
-    assert result["split"]["heldout_faces"] == len(faces) == 3 * PER_IDENTITY
+    assert result.split["heldout_faces"] == len(faces) == 3 * PER_IDENTITY
     metrics = evaluate_embeddings(embedder.embed(dataset.chips[faces]), dataset.labels[faces])
-    assert metrics.rank1 == pytest.approx(result["candidate"]["rank1"])
-    assert metrics.best.threshold == pytest.approx(result["candidate"]["best"]["threshold"], 1e-4)
-    assert result["baseline_version"] == "lbp-v0"
-    assert result["baseline"]["faces"] == len(faces)
+    assert metrics.rank1 == pytest.approx(result.candidate["rank1"])
+    assert metrics.best.threshold == pytest.approx(result.candidate["best"]["threshold"], 1e-4)
+    assert result.baseline_version == "lbp-v0"
+    assert result.baseline["faces"] == len(faces)
 
 
 def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(
@@ -109,7 +111,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(
     first_checkpoint = _wait_for(
         lambda: next((r for r in run.read_progress() if r["event"] == "checkpoint"), None), 90
     )
-    os.kill(launcher.pids("resume")[1], 9)  # SIGKILL the non-chief worker mid-run
+    worker_processes()[1].kill()  # SIGKILL the non-chief worker mid-run
     killed_at = max(r["step"] for r in run.read_progress() if r["event"] == "checkpoint")
     assert launcher.wait("resume", timeout=150) == "succeeded", _logs(run)
     assert launcher.attempts("resume") == 2
@@ -121,9 +123,9 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(
     assert resumed >= killed_at >= first_checkpoint["step"] == 10
     assert resumed % 10 == 0  # a checkpoint step, not a fresh start
     result = run.read_result()
-    assert result is not None
-    assert result["training"]["resumed_from"] == resumed
-    assert result["training"]["steps"] == 80
+    assert isinstance(result, RunSucceeded)
+    assert result.training["resumed_from"] == resumed
+    assert result.training["steps"] == 80
     assert max(r["step"] for r in records if r["event"] == "step") == 80
 
 
@@ -168,11 +170,12 @@ def test_the_launcher_fails_a_run_at_its_deadline(tmp_path: Path, lfw_faces: np.
     launcher.start("late", 2, str(run.config_path), deadline_s=1)
     launcher.start("late", 2, str(run.config_path), deadline_s=1)  # idempotent
     assert launcher.status("late") in ("pending", "failed")
-    pids = launcher.pids("late")
+    pids = [process.pid for process in worker_processes().values()]
+    assert len(pids) == 2
     assert launcher.wait("late", timeout=30) == "failed"
     result = run.read_result()
-    assert result is not None
-    assert result["error"]["code"] == "deadline_exceeded"
+    assert isinstance(result, RunFailed)
+    assert result.code == "deadline_exceeded"
     for pid in pids:  # killed and reaped
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -186,9 +189,21 @@ def test_a_permanent_failure_is_recorded_and_not_retried(
     outcome = run_local(run.config_path, 2, deadline_s=60)
     assert outcome.status == "failed"
     assert outcome.attempts == 1
-    assert outcome.result is not None
-    assert outcome.result["error"]["code"] == "invalid_training_data"
-    assert "identities_per_batch" in outcome.result["error"]["message"]
+    assert isinstance(outcome.result, RunFailed)
+    assert outcome.result.code == "invalid_training_data"
+    assert "identities_per_batch" in outcome.result.message
+
+
+def worker_processes() -> dict[int, psutil.Process]:
+    """The training workers this test started, by cluster index, as the OS lists them."""
+    workers = {}
+    for child in psutil.Process().children():
+        try:
+            if child.cmdline()[-2:] == ["-m", "training.worker"]:
+                workers[json.loads(child.environ()["TF_CONFIG"])["task"]["index"]] = child
+        except psutil.Error:
+            continue  # ended meanwhile
+    return workers
 
 
 def _wait_for(probe: object, timeout: float) -> dict[str, int]:

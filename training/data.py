@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from facerank.cli.output import progress as progress_bar
 from facerank.errors import FacerankError
 from facerank.evaluation.dataset import load_dataset
 from facerank.faces.align import GALLERY_CROP_256, ChipSpec, rechip
 from facerank.files import atomic_writer
 from facerank.gallery import Gallery
 from facerank.pipeline import FacePipeline, ordered_map
+from facerank.progress import progress as progress_bar
 from training.errors import TrainingDataError
 from training.rundir import SHARED_MODE, RunDir, write_json
 

@@ -42,6 +42,7 @@ class ClusterConfigError(TrainingError):
 
 
 class RunNotFoundError(TrainingError):
-    """No run directory, or no run this launcher knows, has that id."""
+    """No run directory, or no run the launcher asked knows, has that id (a local launcher:
+    no process or result; the Kubernetes one: no Job)."""
 
     code = "run_not_found"

@@ -40,6 +40,7 @@ from typing import Any, Literal
 from facerank.ports import reserve_port, reserved_port
 from training.cluster import Cluster
 from training.errors import RunNotFoundError
+from training.result import RunFailed, RunSucceeded
 from training.rundir import RUNS, RunDir
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class RunResult:
 
     status: RunStatus
     run: RunDir
-    result: dict[str, Any] | None
+    result: RunSucceeded | RunFailed | None
     """``result.json``: metrics, export and timings when it succeeded, the error when not."""
     attempts: int
 
@@ -106,7 +107,7 @@ class LocalTrainingLauncher:
             if run_id in self._runs:
                 return
             run = RunDir.of(self.shared_dir, run_id)
-            if (run.read_result() or {}).get("status") == "failed":
+            if isinstance(run.read_result(), RunFailed):
                 run.result_path.unlink()  # an earlier launch's verdict; this one starts afresh
             state = _Run(
                 run=run,
@@ -130,7 +131,7 @@ class LocalTrainingLauncher:
             result = RunDir.of(self.shared_dir, run_id).read_result()
             if result is None:
                 raise RunNotFoundError(f"no training run {run_id!r} started here, and no result")
-            return "succeeded" if result.get("status") == "succeeded" else "failed"
+            return result.status
         if state.outcome is not None:
             return state.outcome
         started = any(
@@ -155,10 +156,6 @@ class LocalTrainingLauncher:
         if state is not None:
             state.done.wait(timeout)
         return self.status(run_id)
-
-    def pids(self, run_id: str) -> list[int]:
-        """Process ids of the run's current workers, by worker index."""
-        return [p.pid for p in self._known(run_id).processes]
 
     def attempts(self, run_id: str) -> int:
         """How many times the run's workers were started (1 + restarts)."""
@@ -229,18 +226,12 @@ class LocalTrainingLauncher:
     def _end(self, state: _Run, outcome: RunStatus, code: str = "", message: str = "") -> None:
         _stop_workers(state)
         recorded = state.run.read_result()
-        if outcome == "failed" and recorded is not None and recorded["status"] == "succeeded":
+        if outcome == "failed" and isinstance(recorded, RunSucceeded):
             outcome = "succeeded"  # the chief finished; a peer failed on the way out
         if outcome == "failed":
             log.error("run %s failed: %s", state.run.run_id, message)
             if recorded is None:
-                state.run.write_result(
-                    {
-                        "status": "failed",
-                        "run_id": state.run.run_id,
-                        "error": {"code": code, "message": message},
-                    }
-                )
+                state.run.write_result(RunFailed(state.run.run_id, code, message))
         state.outcome = outcome
         state.done.set()
 

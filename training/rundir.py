@@ -25,7 +25,8 @@ from typing import Any
 
 from facerank.files import atomic_writer
 from training.config import TrainConfig
-from training.errors import RunNotFoundError
+from training.errors import RunNotFoundError, TrainingConfigError
+from training.result import RunResult, result_from_json
 
 SHARED_MODE = 0o644
 """Run files are read by the other workers' pods, which may run as other users."""
@@ -123,15 +124,19 @@ class RunDir:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def write_result(self, result: dict[str, Any]) -> None:
-        write_json(self.result_path, result)
+    def write_result(self, result: RunResult) -> None:
+        write_json(self.result_path, result.to_json())
 
-    def read_result(self) -> dict[str, Any] | None:
+    def read_result(self) -> RunResult | None:
         """``result.json``, or None while the run has none."""
         try:
-            return json.loads(self.result_path.read_text(encoding="utf-8"))
+            text = self.result_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        try:
+            return result_from_json(json.loads(text))
+        except ValueError as exc:
+            raise TrainingConfigError(f"{self.result_path} is not JSON: {exc}") from None
 
 
 class ProgressLog:

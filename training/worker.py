@@ -29,6 +29,7 @@ from training.config import TrainConfig
 from training.data import FaceDataset, Split, read_dataset, split_by_identity
 from training.errors import ClusterConfigError
 from training.evaluate import calibrated_threshold, embed_with_model, score, score_baseline
+from training.result import RunFailed, RunSucceeded
 from training.rundir import ProgressLog, RunDir
 from training.watchdog import Watchdog
 
@@ -44,7 +45,9 @@ CONFIG_ENV = "FACERANK_TRAIN_CONFIG"
 class Worker:
     """This process's part in a run: its cluster index, and the chief's extra duties."""
 
-    def __init__(self, config: TrainConfig, run: RunDir, cluster: Cluster | None) -> None:
+    def __init__(
+        self, config: TrainConfig, run: RunDir, cluster: Cluster | None, settings: Settings
+    ) -> None:
         if (cluster.size if cluster else 1) != config.workers:
             raise ClusterConfigError(
                 f"the config asks for {config.workers} workers, the cluster has "
@@ -54,15 +57,15 @@ class Worker:
         self.run = run
         self.cluster = cluster
         self.index = cluster.index if cluster else 0
-        self.chief = self.index == 0
+        self.chief = cluster.is_chief if cluster else True
         self.progress = ProgressLog(run) if self.chief else None
         self.watchdog = Watchdog()
-        self.settings = Settings.from_env()
+        self.settings = settings
         """Where the pretrained weights and the baseline model are found."""
 
     def main(self) -> int:
         config, run = self.config, self.run
-        if (run.read_result() or {}).get("status") == "succeeded":
+        if isinstance(run.read_result(), RunSucceeded):
             log.info("run %s already succeeded; nothing to do", config.run_id)
             return EXIT_OK
         started = time.monotonic()
@@ -123,35 +126,34 @@ class Worker:
             baseline_version, baseline = score_baseline(
                 config.baseline, settings, chips, dataset.chip, labels, config.threshold
             )
-        result: dict[str, Any] = {
-            "status": "succeeded",
-            "run_id": config.run_id,
-            "version": config.version,
-            "export_dir": str(export_dir),
-            "match_threshold": threshold,
-            "backbone": outcome.backbone.kind,
-            "candidate": None if candidate is None else candidate.to_json(),
-            "baseline": None if baseline is None else baseline.to_json(),
-            "baseline_version": baseline_version,
-            "split": {
+        result = RunSucceeded(
+            run_id=config.run_id,
+            version=config.version,
+            export_dir=str(export_dir),
+            match_threshold=threshold,
+            backbone=outcome.backbone.kind,
+            candidate=None if candidate is None else candidate.to_json(),
+            baseline=None if baseline is None else baseline.to_json(),
+            baseline_version=baseline_version,
+            split={
                 "train_identities": [dataset.identities[i] for i in split.train],
                 "heldout_identities": [dataset.identities[i] for i in split.heldout],
                 "train_faces": len(split.faces(dataset.labels, split.train)),
                 "heldout_faces": len(faces),
             },
-            "training": {
+            training={
                 "workers": config.workers,
                 "steps": outcome.steps,
                 "resumed_from": outcome.resumed_from,
                 "final_loss": outcome.final_loss,
                 "images_per_s": outcome.images_per_s,
             },
-            "timings": {
+            timings={
                 "train_s": outcome.seconds,
                 "finish_s": time.monotonic() - began,
                 "total_s": time.monotonic() - started,
             },
-        }
+        )
         run.write_result(result)
         self._record("finished", status="succeeded")
         log.info("run %s succeeded: %s exported to %s", config.run_id, config.version, export_dir)
@@ -163,19 +165,18 @@ class Worker:
     def fail(self, exc: FacerankError) -> None:
         """Record a permanent failure in ``result.json`` (the chief's job)."""
         if self.chief:
-            self.run.write_result(
-                {"status": "failed", "run_id": self.config.run_id, "error": _error(exc)}
-            )
-
-
-def _error(exc: FacerankError) -> dict[str, str]:
-    return {"code": exc.code, "message": str(exc)}
+            self.run.write_result(RunFailed.of(self.config.run_id, exc))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one worker; the config path comes from ``FACERANK_TRAIN_CONFIG`` or ``argv[0]``."""
+    try:
+        settings = Settings.from_env()
+    except FacerankError as exc:
+        print(f"training.worker: cannot start ({exc.code}): {exc}", file=sys.stderr)
+        return EXIT_FINAL
     logging.basicConfig(
-        level=os.environ.get("FACERANK_LOG_LEVEL", "INFO"),
+        level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         # then reported as such even where the shared volume is missing too.
         cluster = cluster_from_env(os.environ)
         run = RunDir.of_config(path)
-        worker = Worker(run.read_config(), run, cluster)
+        worker = Worker(run.read_config(), run, cluster, settings)
     except FacerankError as exc:
         log.error("cannot start (%s): %s", exc.code, exc)
         return EXIT_FINAL

@@ -16,10 +16,8 @@ import sys
 from facerank.broker.app import create_app
 from facerank.broker.broker import LocalBroker
 from facerank.errors import FacerankError
-from facerank.serving import listen_host, serve
+from facerank.serving import serve
 from facerank.settings import Settings
-
-HOST_ENV = "FACERANK_BROKER_HOST"
 
 
 def main() -> int:
@@ -33,7 +31,7 @@ def main() -> int:
     except FacerankError as exc:
         print(f"facerank.broker: {exc.code}: {exc}", file=sys.stderr)
         return 2
-    host = listen_host(HOST_ENV)
+    host = settings.broker_host or settings.listen_host
     broker.start()
     try:
         serve(

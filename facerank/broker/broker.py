@@ -16,10 +16,9 @@ It keeps the contract the functions are written against (ARCHITECTURE.md, event 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from facerank.broker.manifests import DeliverySpec, TriggerSpec, load_eventing
 from facerank.broker.metrics import BrokerMetrics
 from facerank.broker.schedule import DueQueue
 from facerank.broker.spool import Attempt, Envelope, Spool, now
-from facerank.broker.subscribers import SUBSCRIBERS_ENV, parse_subscribers, resolve_subscribers
+from facerank.broker.subscribers import parse_subscribers, resolve_subscribers
 from facerank.cehttp import (
     InvalidEventError,
     filter_attributes,
@@ -42,9 +41,6 @@ from facerank.events import describe
 from facerank.settings import Settings
 
 log = logging.getLogger(__name__)
-
-BROKER_NAME_ENV = "FACERANK_BROKER_NAME"
-"""Which Broker of the manifests to run; only needed when they define several."""
 
 DEFAULT_TTL = 255
 """Reply hops an event may cause, like Knative's broker TTL: a subscriber that answers every
@@ -67,10 +63,18 @@ class LocalBroker:
     """Routes accepted events to Triggers and delivers them from the durable queue."""
 
     def __init__(
-        self, name: str, routes: Sequence[Route], spool: Spool, *, workers: int = 4
+        self,
+        name: str,
+        routes: Sequence[Route],
+        spool: Spool,
+        *,
+        api_token: str,
+        workers: int = 4,
     ) -> None:
         self.name = name
         self.spool = spool
+        self._api_token = api_token
+        """Presented to every subscriber: facerank's functions require it when one is set."""
         self.metrics = BrokerMetrics(route.trigger.name for route in routes)
         self._routes = {route.trigger.name: route for route in routes}
         self._due = DueQueue()
@@ -80,18 +84,17 @@ class LocalBroker:
         ]
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, env: Mapping[str, str] | None = None, *, workers: int = 4
-    ) -> LocalBroker:
-        """The broker the manifests in ``settings.eventing_dir`` describe, state in
-        ``<data_dir>/broker``; subscriber URLs and broker name from ``env``."""
-        env = os.environ if env is None else env
+    def from_settings(cls, settings: Settings, *, workers: int = 4) -> LocalBroker:
+        """The broker the manifests in ``settings.eventing_dir`` describe (the one
+        ``broker_name`` picks), subscriber URLs from ``broker_subscribers``, state in
+        ``<data_dir>/broker``."""
         eventing = load_eventing(settings.eventing_dir)
-        broker = eventing.broker(env.get(BROKER_NAME_ENV) or None)
+        broker = eventing.broker(settings.broker_name or None)
         triggers = eventing.triggers_of(broker)
-        urls = resolve_subscribers(triggers, parse_subscribers(env.get(SUBSCRIBERS_ENV, "")))
+        urls = resolve_subscribers(triggers, parse_subscribers(settings.broker_subscribers))
         routes = [Route(t, urls[t.name], t.delivery or broker.delivery) for t in triggers]
-        return cls(broker.name, routes, Spool(settings.data_dir / "broker"), workers=workers)
+        spool = Spool(settings.data_dir / "broker")
+        return cls(broker.name, routes, spool, api_token=settings.api_token, workers=workers)
 
     def start(self) -> None:
         """Schedule what an earlier run left queued, then start delivering. Call it before
@@ -159,7 +162,9 @@ class LocalBroker:
         if route is None:
             self._undeliverable(path, envelope, route, "its trigger is no longer defined")
             return
-        result = attempt(route.url, event, timeout=route.delivery.timeout)
+        result = attempt(
+            route.url, event, timeout=route.delivery.timeout, api_token=self._api_token
+        )
         envelope.history.append(Attempt(now(), result.status, result.error))
         tries = len(envelope.history)
         if result.delivered:

@@ -18,7 +18,6 @@ from cloudevents.http import CloudEvent
 from facerank.auth import authorization_header
 from facerank.cehttp import carries_event, from_http, to_binary
 from facerank.errors import InvalidEventError
-from facerank.settings import Settings
 
 RETRYABLE_STATUSES = frozenset({404, 408, 409, 429})
 """4xx answers Knative retries (a pod becoming ready, timeouts, conflicts, rate limits);
@@ -56,18 +55,13 @@ def is_retryable(status: int | None) -> bool:
     return status is None or status >= 500 or status in RETRYABLE_STATUSES
 
 
-def attempt(
-    url: str, event: CloudEvent, *, timeout: float | None, api_token: str | None = None
-) -> AttemptResult:
-    """POST ``event`` in binary mode to ``url`` once.
+def attempt(url: str, event: CloudEvent, *, timeout: float | None, api_token: str) -> AttemptResult:
+    """POST ``event`` in binary mode to ``url`` once, presenting ``api_token`` (empty: none).
 
-    Subscribers are facerank's functions, which require the API token when one is set, so it
-    is presented: ``api_token``, by default read from the broker's environment
-    (``FACERANK_API_TOKEN`` or its ``_FILE``) like every other setting of the process.
+    Subscribers are facerank's functions, which require the API token when one is set.
     """
-    token = Settings.from_env().api_token if api_token is None else api_token
     headers, body = to_binary(event)
-    headers.update(authorization_header(token))
+    headers.update(authorization_header(api_token))
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
     try:
         with _OPENER.open(request, timeout=timeout) as response:

@@ -1,8 +1,8 @@
 """Where each Trigger's subscriber listens on this machine.
 
 In a cluster Knative resolves ``subscriber.ref`` (a Knative Service) to its URL. Locally there
-is no API server to ask, so the names map to URLs through one environment variable, which
-``facerank up`` sets for the processes it starts::
+is no API server to ask, so the names map to URLs through one setting, ``broker_subscribers``,
+which ``facerank up`` sets for the broker it starts::
 
     FACERANK_BROKER_SUBSCRIBERS="facerank-enroll=http://127.0.0.1:8092,other=http://..."
 
@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 
 from facerank.broker.manifests import TriggerSpec, is_http_url
 from facerank.errors import ConfigError
+from facerank.settings import env_var
 
-SUBSCRIBERS_ENV = "FACERANK_BROKER_SUBSCRIBERS"
+SUBSCRIBERS_ENV = env_var("broker_subscribers")
 
 
 def parse_subscribers(text: str) -> dict[str, str]:

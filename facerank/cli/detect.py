@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from facerank.cli.output import emit_json, error_record, progress
+from facerank.cli.output import emit_json
 from facerank.errors import InvalidImageError
 from facerank.faces import AlignMode, Detection, FaceDetector, LandmarkLocator
 from facerank.faces.align import DLIB_CHIP_150, align_face
@@ -20,6 +20,7 @@ from facerank.pipeline import (
     image_limits,
     ordered_map,
 )
+from facerank.progress import progress
 from facerank.settings import Settings
 
 
@@ -63,7 +64,7 @@ def detect_record(
     try:
         pixels = read_image_file(path, **limits).pixels
     except InvalidImageError as exc:
-        return {"path": str(path), "error": error_record(exc)}
+        return {"path": str(path), "error": exc.to_json()}
     detections = detector.detect(pixels)
     points: list[np.ndarray | None] = [None] * len(detections)
     if locator is not None and detections:

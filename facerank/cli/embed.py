@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from facerank.cli.output import emit_json, error_record, progress
+from facerank.cli.output import emit_json
 from facerank.errors import FacerankError, NoFaceError
 from facerank.pipeline import Face, FacePipeline, FileResult
+from facerank.progress import progress
 from facerank.settings import Settings
 
 BATCH_SIZE = 64
@@ -105,7 +106,7 @@ def json_record(
 ) -> dict[str, Any]:
     if isinstance(outcome, tuple):
         path, exc = outcome
-        return {"path": str(path), "error": error_record(exc)}
+        return {"path": str(path), "error": exc.to_json()}
     return {
         "path": str(outcome.path),
         "model_version": model_version,

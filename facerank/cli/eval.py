@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar, get_args
 
-from facerank.cli.output import progress
 from facerank.errors import ConfigError
 from facerank.evaluation.baselines import LBPH, Scorer, default_scorers, load_scorer
 from facerank.evaluation.dataset import load_dataset
@@ -36,6 +35,7 @@ from facerank.pipeline import (
     image_limits,
     locator_from_settings,
 )
+from facerank.progress import progress
 from facerank.settings import DetectorKind, Settings
 
 T = TypeVar("T")

@@ -17,9 +17,11 @@ import signal
 import sys
 import threading
 
+from facerank.broker.subscribers import SUBSCRIBERS_ENV
 from facerank.demo import DemoInfo, prepare_demo
 from facerank.errors import FacerankError
 from facerank.gallery import Gallery
+from facerank.predictor import READY_PATH, predict_url
 from facerank.serving import loopback_url
 from facerank.settings import Settings
 from facerank.storage import ObjectStore, open_store
@@ -56,7 +58,7 @@ def embedded_components(settings: Settings) -> list[Component]:
         settings.broker_port,
         # The Triggers name Knative Services; locally each name maps to a loopback URL.
         env={
-            "FACERANK_BROKER_SUBSCRIBERS": f"facerank-enroll={enroll.url},"
+            SUBSCRIBERS_ENV: f"facerank-enroll={enroll.url},"
             f"facerank-source={source_url},facerank-retrain={retrain_url},"
             f"facerank-identify={identify.url},facerank-notify={notify.url}"
         },
@@ -71,7 +73,7 @@ def embedded_components(settings: Settings) -> list[Component]:
         "predictor",
         "inference",
         settings.predictor_port,
-        health_path="/v1/models/facerank",  # KServe answers 200 once the model is ready
+        health_path=READY_PATH,
     )
     # After the predictor: the page forwards queries to it (at its settings port, by default).
     web = Component("web", "inference.web", settings.web_port)
@@ -121,8 +123,7 @@ def print_welcome(settings: Settings, components: list[Component]) -> None:
         "  see who is known   facerank gallery ls",
         f"  identify photos    {settings.buckets_dir / settings.queries_bucket}/<file> "
         "(result in results/<file>.json beside it)",
-        f"  query a photo      facerank query PHOTO   (or curl {urls['predictor']}"
-        "/v1/models/facerank:predict)",
+        f"  query a photo      facerank query PHOTO   (or curl {predict_url(urls['predictor'])})",
         f"  web page           {urls['web']}",
         f"  V2 over gRPC       127.0.0.1:{grpc_port}" if grpc_port else "",
         f"  broker             {urls['broker']}  (dead letters in {settings.data_dir / 'broker'})",
@@ -151,7 +152,7 @@ def try_prepare_demo(settings: Settings, store: ObjectStore) -> DemoInfo | None:
 
 def print_demo(settings: Settings, demo: DemoInfo) -> None:
     """The exact commands to try the demo query, once enrollment has caught up."""
-    url = f"{loopback_url(settings.predictor_port)}/v1/models/facerank:predict"
+    url = predict_url(loopback_url(settings.predictor_port))
     body = shlex.quote(f"@{demo.request_path}")
     lines = [
         "try the demo (the faces are enrolled within seconds):",

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from facerank.cli.output import progress
 from facerank.errors import FacerankError
 from facerank.gallery import normalise_identity
+from facerank.progress import progress
 from facerank.settings import Settings
 from facerank.storage import open_store
 from facerank.storage.keys import check_key

@@ -8,9 +8,6 @@ winner's copy. :class:`facerank.faces.netserve.ServedNet` is the reader.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from facerank.faces.netserve import INPUT_NAME, SIGNATURE
+from facerank.files import atomic_folder
 
 if TYPE_CHECKING:
     from facerank.settings import Settings
@@ -40,16 +38,8 @@ def export_net(model: Any, directory: Path, *, size: int, output: str | None = N
         result = model(images)
         return dict(result) if output is None else {output: result}
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_folder(directory) as staging:
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE: serve})
-        os.rename(staging, directory)
-    except OSError:
-        if not directory.is_dir():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 

@@ -1,17 +1,24 @@
-"""Embedders: aligned face chips -> unit vectors tagged with a model version."""
+"""Embedders: aligned face chips -> unit vectors tagged with a model version.
+
+Here an embedder is loaded from what names it directly: a built-in name or an exported model
+directory. Which model a setting or the model pointer means (``auto``, a version name looked up
+in the model folders) is :mod:`facerank.registry.locate`'s job, which ends up calling
+:func:`load_embedder`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from facerank.embedding.base import Embedder, l2_normalize
-from facerank.embedding.lbp import LbpEmbedder
+from facerank.embedding.lbp import LBP_VERSION, LbpEmbedder
 from facerank.errors import ModelLoadError
 
-BUILTIN_EMBEDDERS = ("lbp-v0",)
+BUILTIN_EMBEDDERS = (LBP_VERSION,)
 
 __all__ = [
     "BUILTIN_EMBEDDERS",
+    "LBP_VERSION",
     "Embedder",
     "LbpEmbedder",
     "l2_normalize",
@@ -43,11 +50,11 @@ def _model_dir(name: str) -> Path:
 
 
 def load_embedder(name: str) -> Embedder:
-    """Resolve ``FACERANK_MODEL``: a built-in name, or the path of an exported model directory.
+    """The embedder ``name`` names: a built-in name, or the path of an exported model directory.
 
     The SavedModel embedder (and with it TensorFlow) is imported only when a path is given.
     """
-    if name == "lbp-v0":
+    if name == LBP_VERSION:
         return LbpEmbedder()
     from facerank.embedding.savedmodel import SavedModelEmbedder
 

@@ -38,6 +38,9 @@ _UNIFORM_BINS = 59
 _LUT = _uniform_lut()
 
 
+LBP_VERSION = "lbp-v0"
+"""The classical fallback's model version: no weights, so always there."""
+
 LBP_MATCH_THRESHOLD = 0.60
 """Measured with ``facerank eval`` on the AT&T faces Haar detects (1,430 same-person and 60,346
 different-person pairs): 0.60 accepts 5.0% of strangers and 67% of genuine pairs; 0.564 would
@@ -59,7 +62,7 @@ class LbpEmbedder:
 
     @property
     def model_version(self) -> str:
-        return "lbp-v0"
+        return LBP_VERSION
 
     @property
     def chip(self) -> ChipSpec:

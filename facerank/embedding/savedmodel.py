@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 from facerank.embedding.base import check_chips, l2_normalize, validate_model_version
 from facerank.errors import ModelLoadError
 from facerank.faces.align import ChipSpec
+from facerank.files import atomic_folder
 
 CARD_NAME = "facerank-model.json"
 FORMAT = "facerank.savedmodel/v1"
@@ -136,16 +135,9 @@ def export_embedder(
     card = ModelCard(
         version=version, chip=chip, dim=dim, match_threshold=_threshold(match_threshold)
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; models are read by other service users
-    try:
+    with atomic_folder(target) as staging:
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE: serve})
         (staging / CARD_NAME).write_text(json.dumps(card.to_json(), indent=2), encoding="utf-8")
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return card
 
 

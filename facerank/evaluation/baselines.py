@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from facerank.descriptor.pretrained import PRETRAINED_VERSION
-from facerank.embedding import Embedder
+from facerank.embedding import LBP_VERSION, Embedder
 from facerank.errors import FacerankError
 from facerank.evaluation.metrics import pairwise_distances
 from facerank.faces import ARCFACE_CHIP_112, ChipSpec
@@ -26,7 +26,7 @@ from facerank.settings import Settings
 LBPH = "lbph"
 """The name that selects :class:`LbphScorer` where embedder names are accepted."""
 
-DEFAULT_SCORERS = ("lbp-v0", LBPH)
+DEFAULT_SCORERS = (LBP_VERSION, LBPH)
 """Always in a default run; the pretrained descriptor joins them when it can be loaded."""
 
 BATCH_SIZE = 64

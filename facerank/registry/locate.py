@@ -11,7 +11,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from facerank.embedding import BUILTIN_EMBEDDERS, Embedder, load_embedder, model_version_of
+from facerank.embedding import (
+    BUILTIN_EMBEDDERS,
+    LBP_VERSION,
+    Embedder,
+    load_embedder,
+    model_version_of,
+)
 from facerank.embedding.base import VERSION_PATTERN
 from facerank.embedding.savedmodel import CARD_NAME
 from facerank.errors import ModelLoadError
@@ -22,13 +28,18 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 """``FACERANK_MODEL=auto``: the pretrained descriptor when setup converted it, else lbp-v0."""
-FALLBACK = "lbp-v0"
+FALLBACK = LBP_VERSION
+
+
+def installed_models_dir(settings: Settings) -> Path:
+    """Where promoted models are installed: on the shared volume, which every component
+    mounts (the cache is one machine's)."""
+    return settings.shared_dir / "models"
 
 
 def model_folders(settings: Settings) -> tuple[Path, ...]:
     """Where exported models are looked up by version, first match wins."""
-    assert settings.shared_dir is not None  # noqa: S101 - Settings fills it in
-    return (settings.shared_dir / "models", settings.cache_dir / "models")
+    return (installed_models_dir(settings), settings.cache_dir / "models")
 
 
 def find_model_dir(version: str, settings: Settings) -> Path | None:

@@ -110,16 +110,6 @@ class ModelRegistry:
 
         return self._update(change)
 
-    def abort_switch(self, version: str) -> ActivePointer:
-        """Forget the pending ``version`` (its embeddings stay until collected)."""
-
-        def change(pointer: ActivePointer) -> ActivePointer:
-            if pointer.pending is not None and pointer.pending.version == version:
-                return pointer.with_pending(None)
-            return pointer
-
-        return self._update(change)
-
     # --- versions and runs ------------------------------------------------------------------
 
     def put_version(self, version: str, card: dict[str, Any]) -> None:

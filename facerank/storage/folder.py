@@ -136,10 +136,6 @@ class FolderStore:
     def description(self) -> str:
         return f"folder:{self._root}"
 
-    def object_path(self, bucket: str, key: str) -> Path:
-        """Where ``key`` lives on disk, to tell people which file to open or where to drop one."""
-        return self._root / check_bucket(bucket) / check_key(key)
-
     def ensure_bucket(self, bucket: str) -> None:
         check_bucket(bucket)
         with _os_errors(bucket):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from facerank.serving import listen_host, listen_port, serve
+from facerank.serving import listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from functions.deadletter.app import BUCKET, create_app
@@ -22,7 +22,12 @@ def main() -> None:
     )
     store = open_store(settings)
     store.ensure_bucket(BUCKET)
-    serve(create_app(store), host=listen_host(), port=listen_port(DEFAULT_PORT), name="dead-letter")
+    serve(
+        create_app(store, api_token=settings.api_token),
+        host=settings.listen_host,
+        port=listen_port(DEFAULT_PORT),
+        name="dead-letter",
+    )
 
 
 if __name__ == "__main__":

@@ -44,10 +44,12 @@ def create_app(
     store: ObjectStore,
     bucket: str = BUCKET,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    *,
+    api_token: str,
 ) -> Flask:
     """POST / stores the event and answers an empty 202 once the object is written; a store
     outage answers 503 (see :func:`functions.runtime.create_function_app`)."""
-    app = create_function_app("facerank-dead-letter")
+    app = create_function_app("facerank-dead-letter", api_token=api_token)
 
     @app.post("/")
     def receive() -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from facerank.serving import listen_host, listen_port, serve
+from facerank.serving import listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from functions.enroll.app import create_app
@@ -25,8 +25,8 @@ def main() -> None:
         "enrolling from bucket %r with model %s", settings.faces_bucket, pointer.active.version
     )
     serve(
-        create_app(handler),
-        host=listen_host(),
+        create_app(handler, api_token=settings.api_token),
+        host=settings.listen_host,
         port=listen_port(settings.enroll_port),
         name="enroll",
     )

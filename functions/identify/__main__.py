@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from facerank.serving import listen_host, listen_port, serve
+from facerank.serving import listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from functions.identify.app import create_app
@@ -26,8 +26,8 @@ def main() -> None:
         settings.predictor_base_url,
     )
     serve(
-        create_app(handler),
-        host=listen_host(),
+        create_app(handler, api_token=settings.api_token),
+        host=settings.listen_host,
         port=listen_port(settings.identify_port),
         name="identify",
     )

@@ -128,9 +128,7 @@ class IdentifyHandler:
         except (InvalidImageError, NoFaceError, PredictorError) as exc:
             if exc.retryable:
                 raise
-            result = QueryResult(
-                data.bucket, data.key, etag, error={"code": exc.code, "message": str(exc)}
-            )
+            result = QueryResult(data.bucket, data.key, etag, error=exc.to_json())
         if self._changed_since(data.key, etag):
             return Outcome("skipped", "stale: the object changed during identification")
         committed = self.results.commit(result)

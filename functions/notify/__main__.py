@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from facerank.serving import listen_host, listen_port, serve
+from facerank.serving import listen_port, serve
 from facerank.settings import Settings
 from functions.notify.app import create_app
 from functions.notify.handler import build_handler
@@ -22,8 +22,8 @@ def main() -> None:
         "webhook configured" if handler.webhook_url else "no webhook configured (off)",
     )
     serve(
-        create_app(handler),
-        host=listen_host(),
+        create_app(handler, api_token=settings.api_token),
+        host=settings.listen_host,
         port=listen_port(settings.notify_port),
         name="notify",
     )

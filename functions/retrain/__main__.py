@@ -17,7 +17,7 @@ from cloudevents.http import CloudEvent
 from facerank.events import send_event
 from facerank.gallery import Gallery
 from facerank.registry import ModelRegistry, ServingModels
-from facerank.serving import listen_host, listen_port, serve
+from facerank.serving import listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from functions.retrain.app import create_app
@@ -50,8 +50,8 @@ def main() -> None:
         log.info("resuming run %s", held)
         in_background(lambda: orchestrator.resume(held))
     serve(
-        create_app(RetrainHandler(orchestrator, in_background)),
-        host=listen_host(),
+        create_app(RetrainHandler(orchestrator, in_background), api_token=settings.api_token),
+        host=settings.listen_host,
         port=listen_port(settings.retrain_port),
         name="retrain",
     )
@@ -64,7 +64,6 @@ def make_launcher(settings: Settings) -> Launcher:
         return KubernetesTrainingLauncher(settings.namespace, settings.training_template)
     from training.launcher import LocalTrainingLauncher
 
-    assert settings.shared_dir is not None  # noqa: S101 - Settings fills it in
     return LocalTrainingLauncher(settings.shared_dir)
 
 

@@ -13,9 +13,9 @@ from functions.runtime import (
 )
 
 
-def create_app(handler: RetrainHandler) -> Flask:
+def create_app(handler: RetrainHandler, *, api_token: str) -> Flask:
     """POST / takes one event; the reply is retrain.started / retrain.refused or an empty 202."""
-    app = create_function_app("facerank-retrain")
+    app = create_function_app("facerank-retrain", api_token=api_token)
 
     @app.post("/")
     def receive() -> Response:

@@ -30,6 +30,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from facerank.errors import ConfigError, FacerankError
+from training.errors import RunNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,6 @@ class InvalidRunError(TrainingLaunchError):
     """A run id, worker count, deadline or config path no Job could be made of."""
 
     code = "invalid_run"
-
-
-class RunNotFoundError(TrainingLaunchError):
-    """No Job for this run: never started, deleted, or cleaned up after ``FINISHED_TTL_S``."""
-
-    code = "run_not_found"
 
 
 class TemplateNotFoundError(TrainingLaunchError):
@@ -280,7 +275,8 @@ class KubernetesTrainingLauncher:
         log.info("training run %s: %d worker(s), config %s", name, workers, config_path)
 
     def status(self, run_id: str) -> RunStatus:
-        """``pending``, ``running``, ``succeeded`` or ``failed``; RunNotFoundError if no Job."""
+        """``pending``, ``running``, ``succeeded`` or ``failed``; RunNotFoundError if no Job
+        (never started, deleted, or cleaned up after ``FINISHED_TTL_S``)."""
         job = self._read_job(run_name(run_id))
         if job is None:
             raise RunNotFoundError(f"no training run {run_id!r} in namespace {self.namespace!r}")

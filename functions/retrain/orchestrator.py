@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,9 +36,10 @@ from facerank.events import (
     RETRAIN_FAILED,
     run_event,
 )
+from facerank.files import atomic_folder
 from facerank.gallery import Gallery
 from facerank.registry import ModelRef, ModelRegistry, ServingModels, switch_model
-from facerank.registry.locate import model_folders
+from facerank.registry.locate import installed_models_dir
 from facerank.reindex import Workers
 from facerank.settings import Settings
 from functions.retrain.gate import decide
@@ -228,7 +228,7 @@ class RunOrchestrator:
         self, run_id: str, trained: TrainedModel, card: dict[str, Any], reason: str
     ) -> str:
         self._step(run_id, 3, "promoting", model_version=trained.version)
-        install_model(trained.export_dir, model_folders(self.settings)[0] / trained.version)
+        install_model(trained.export_dir, installed_models_dir(self.settings) / trained.version)
         self.registry.put_version(trained.version, card)
         ref = ModelRef(trained.version)
         result = switch_model(
@@ -285,13 +285,6 @@ def install_model(export_dir: Path, target: Path) -> Path:
     """Copy a run's export into the model folder every component reads, atomically."""
     if target.exists():
         return target  # versions are immutable: an earlier attempt installed it already
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:
         shutil.copytree(export_dir, staging, dirs_exist_ok=True)
-        staging.chmod(0o755)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -19,6 +19,7 @@ from functions.retrain.request import RetrainRequest
 from training.backbones import backbone_chip
 from training.config import DEFAULT_LOSS, TrainConfig, default_version
 from training.data import export_gallery_dataset
+from training.result import RunSucceeded
 from training.rundir import RunDir
 
 IDENTITIES_PER_WORKER = 4
@@ -29,7 +30,6 @@ class SharedVolumeTrainer:
     """Prepares runs in ``settings.shared_dir`` from ``gallery`` and reads their results."""
 
     def __init__(self, settings: Settings, gallery: Gallery) -> None:
-        assert settings.shared_dir is not None  # noqa: S101 - Settings fills it in
         self.shared_dir = settings.shared_dir
         self.steps_per_epoch = settings.retrain_steps_per_epoch
         self.backbone = settings.retrain_backbone
@@ -53,23 +53,26 @@ class SharedVolumeTrainer:
 
     def result(self, run_id: str) -> TrainedModel:
         run = RunDir.of(self.shared_dir, run_id)
-        result = run.read_result() or {}
-        if result.get("status") != "succeeded":
-            raise RuntimeError(f"run {run_id} left no successful result: {result.get('error')}")
-        candidate, baseline = result.get("candidate"), result.get("baseline")
+        result = run.read_result()
+        if not isinstance(result, RunSucceeded):
+            why = "none" if result is None else f"{result.code}: {result.message}"
+            raise RuntimeError(f"run {run_id} left no successful result ({why})")
+        candidate, baseline = result.candidate, result.baseline
         if not candidate or not baseline:
             raise RuntimeError(
                 "no held-out evaluation: the gallery needs more identities to compare models"
             )
         details = {
-            key: result[key]
-            for key in ("backbone", "match_threshold", "baseline_version", "split", "timings")
-            if key in result
+            "backbone": result.backbone,
+            "match_threshold": result.match_threshold,
+            "baseline_version": result.baseline_version,
+            "split": result.split,
+            "timings": result.timings,
+            "config": run.read_config().to_json(),
         }
-        details["config"] = run.read_config().to_json()
         return TrainedModel(
-            version=str(result["version"]),
-            export_dir=Path(result["export_dir"]),
+            version=result.version,
+            export_dir=Path(result.export_dir),
             candidate=candidate,
             baseline=baseline,
             details=details,

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from facerank.errors import ConfigError, FacerankError
 from facerank.gallery import Gallery
 from facerank.queries import QueryResults
-from facerank.serving import listen_host, listen_port, serve
+from facerank.serving import listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import FolderStore, ObjectStore, open_store
 from functions.source.app import create_app
@@ -31,7 +31,6 @@ from functions.source.watcher import FolderWatcher, WatcherUnavailableError
 
 log = logging.getLogger("functions.source")
 
-HOST_ENV = "FACERANK_SOURCE_HOST"
 _JOIN_TIMEOUT_S = 10.0
 
 
@@ -50,7 +49,12 @@ def main() -> int:
     if emitter is None:
         log.warning("K_SINK is not set yet: answering 503 until the SinkBinding's revision is up")
         port = listen_port(settings.source_port)
-        serve(create_unbound_app(), host=listen_host(HOST_ENV), port=port, name="event source")
+        serve(
+            create_unbound_app(settings.api_token),
+            host=_host(settings),
+            port=port,
+            name="event source",
+        )
         return 0
     try:
         run(settings, emitter)
@@ -94,10 +98,15 @@ def run(settings: Settings, emitter: Emitter) -> None:
         log.info("sending events for buckets %s to %s", " and ".join(feeds), emitter.sink)
         serve(
             create_app(settings, emitter, rejected),
-            host=listen_host(HOST_ENV),
+            host=_host(settings),
             port=listen_port(settings.source_port),
             name="event source",
         )
+
+
+def _host(settings: Settings) -> str:
+    """The source's own address if set, else the one every process binds."""
+    return settings.source_host or settings.listen_host
 
 
 def _start_watcher(

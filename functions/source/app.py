@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import logging
 
 from flask import Flask, Response, jsonify, request
 
+from facerank.auth import same_token
 from facerank.cehttp import json_data
-from facerank.errors import FacerankError
+from facerank.errors import UnauthorizedError
 from facerank.events import FACE_REJECTED
 from facerank.settings import Settings
-from functions.runtime import create_function_app, empty_response, error_response, read_cloudevent
+from functions.runtime import (
+    create_function_app,
+    empty_response,
+    error_response,
+    read_cloudevent,
+    token_refused,
+)
 from functions.source.aws import (
     ConfirmationRefusedError,
     confirm_subscription,
@@ -37,10 +43,8 @@ log = logging.getLogger(__name__)
 Reply = tuple[Response, int]
 
 
-class UnauthorizedError(FacerankError):
-    """The webhook token is configured and the request did not carry it."""
-
-    code = "unauthorized"
+WEBHOOK_PATHS = ("/minio", "/sns")
+"""Where MinIO and SNS push: they present the webhook token, never the API token."""
 
 
 def create_app(
@@ -49,7 +53,9 @@ def create_app(
     """The source's Flask app: ``POST /minio``, ``POST /sns``, ``POST /`` (verdicts from the
     broker) and ``GET /healthz``."""
     # The push endpoints check the webhook token (MinIO and SNS cannot send the API token).
-    app = create_function_app("facerank-source", own_auth=("/minio", "/sns"))
+    app = create_function_app(
+        "facerank-source", api_token=settings.api_token, own_auth=WEBHOOK_PATHS
+    )
     token = settings.webhook_token
     verdicts = rejected if rejected is not None else RejectedVersions()
 
@@ -66,6 +72,8 @@ def create_app(
 
     @app.errorhandler(UnauthorizedError)
     def unauthorized(exc: UnauthorizedError) -> Reply:
+        if request.path not in WEBHOOK_PATHS:
+            return token_refused(exc)  # the API token, checked for every other path
         log.info(
             "refused a notification without a valid webhook token from %s", request.remote_addr
         )
@@ -114,7 +122,7 @@ def _require_token(token: str) -> None:
 
     MinIO sends it as ``Bearer`` (its ``auth_token``); SNS can only send HTTP basic auth
     (credentials in the subscription URL), so it is also accepted as the basic password.
-    Compared in constant time, and never logged.
+    Compared in constant time (:func:`facerank.auth.same_token`), and never logged.
     """
     if not token:
         return
@@ -124,7 +132,7 @@ def _require_token(token: str) -> None:
         presented = _basic_password(presented)
     elif scheme.lower() != "bearer":
         presented = ""
-    if not hmac.compare_digest(presented.encode(), token.encode()):
+    if not same_token(presented, token):
         raise UnauthorizedError("a valid webhook token is required")
 
 

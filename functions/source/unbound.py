@@ -17,6 +17,7 @@ from flask import Flask
 
 from facerank.errors import FacerankError
 from functions.runtime import create_function_app
+from functions.source.app import WEBHOOK_PATHS
 from functions.source.emitter import SINK_ENV
 
 KNATIVE_SERVICE_ENV = "K_SERVICE"
@@ -34,9 +35,9 @@ def awaiting_binding(env: Mapping[str, str]) -> bool:
     return not env.get(SINK_ENV, "").strip() and bool(env.get(KNATIVE_SERVICE_ENV))
 
 
-def create_unbound_app() -> Flask:
+def create_unbound_app(api_token: str) -> Flask:
     """``GET /healthz`` answers; ``POST /``, ``/minio`` and ``/sns`` answer 503."""
-    app = create_function_app("facerank-source", own_auth=("/minio", "/sns"))
+    app = create_function_app("facerank-source", api_token=api_token, own_auth=WEBHOOK_PATHS)
 
     @app.post("/")
     @app.post("/minio")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from facerank.serving import listen_host, listen_port, serve
+from facerank.serving import listen_port, serve
 from facerank.settings import Settings
 from facerank.storage import open_store
 from inference.web.app import create_app
@@ -23,7 +23,7 @@ def main() -> None:
     app = create_app(settings, open_store(settings), settings.predictor_base_url)
     serve(
         app,
-        host=listen_host(),
+        host=settings.listen_host,
         port=listen_port(settings.web_port),
         name="web",
     )

@@ -40,6 +40,7 @@ from facerank.errors import BucketNotFoundError, InvalidIdentityError, ObjectNot
 from facerank.gallery import Gallery, normalise_identity
 from facerank.gallery.gallery import crop_png
 from facerank.identities import name_group
+from facerank.predictor import predict_url
 from facerank.registry import ModelRegistry
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
@@ -86,7 +87,7 @@ def create_app(
     """The web app over ``store``'s gallery, querying the predictor at ``predictor_url``."""
     if not predictor_url.startswith(("http://", "https://")):
         raise ValueError(f"predictor URL must be http(s), not {predictor_url!r}")
-    predict_url = predictor_url.rstrip("/") + "/v1/models/facerank:predict"
+    predict_at = predict_url(predictor_url)
     gallery = Gallery(store, settings.gallery_bucket)
     unknown = UnknownFaces(store, settings.gallery_bucket)
     registry = ModelRegistry(store, settings.models_bucket)
@@ -118,7 +119,7 @@ def create_app(
     def query() -> tuple[Response, int]:
         try:
             image = _uploaded_image(request, settings.max_image_bytes, limit)
-            prediction = _predict(predict_url, image, timeout_s, settings.api_token)
+            prediction = _predict(predict_at, image, timeout_s, settings.api_token)
         except QueryError as exc:
             return jsonify(error=str(exc)), exc.status
         return jsonify(_with_links(prediction)), 200

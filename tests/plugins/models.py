@@ -11,6 +11,7 @@ from facerank.embedding.savedmodel import ModelCard, SavedModelEmbedder, export_
 from facerank.faces.align import ARCFACE_CHIP_112, ChipSpec
 from facerank.pipeline import FacePipeline
 from facerank.registry import ModelRef
+from facerank.registry.locate import installed_models_dir
 from facerank.settings import Settings
 from tests.plugins.enroller import Enroller, lfw_photo
 from tests.plugins.faces import encode, variant
@@ -78,8 +79,7 @@ def switch_scene(
     enroller.add("astronaut/eileen.jpg", astronaut)
     for i in range(4):
         enroller.add(f"other-{i}/1.jpg", photo(i))
-    assert settings.shared_dir is not None
-    new_dir = settings.shared_dir / "models" / new_version
+    new_dir = installed_models_dir(settings) / new_version
     export_tiny_model(new_dir, version=new_version, chip=ARCFACE_CHIP_112)
     new_model = SavedModelEmbedder(new_dir)
     query = encode(variant(astronaut[:400, 60:460], np.random.default_rng(5)), "JPEG", quality=90)
