@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from facerank.gallery.index import EmbeddingIndex
+from facerank.settings import Settings
+
 MAX_PROBES = 1000
 """Enrolled faces measured against the other identities (a sample of larger galleries)."""
 MAX_TARGET_FACES = 20_000
@@ -54,6 +57,49 @@ def open_set_threshold(
     per_identity = 1.0 - (1.0 - target) ** (1.0 / len(codes))
     cosine = min(1.0, tail_quantile(impostors, per_identity))
     return float(min(pair_threshold, np.sqrt(max(0.0, 2.0 - 2.0 * cosine))))
+
+
+def index_threshold(index: EmbeddingIndex, pair_threshold: float, settings: Settings) -> float:
+    """The threshold a predictor will decide ``match`` at for ``index``'s model (whose pair
+    threshold is ``pair_threshold``) and gallery,
+    computed from the index before any predictor serves it: the model switch groups unknown
+    faces with the new version before making it active (:meth:`UnknownFaces.follow
+    <facerank.unknown.UnknownFaces.follow>`). The explicit ``match_threshold`` when set, as
+    the predictor does; else :func:`open_set_threshold` of a sample drawn as the predictor
+    draws it (all faces of a gallery of up to :data:`MAX_TARGET_FACES`), which differs from
+    the predictor's only in which probes a gallery of more than :data:`MAX_PROBES` faces
+    picks, since it holds the segments in another order."""
+    if settings.match_threshold:
+        return settings.match_threshold
+    vectors, identities = index_sample(index, MAX_TARGET_FACES)
+    return open_set_threshold(
+        vectors,
+        identities,
+        pair_threshold=pair_threshold,
+        target=settings.open_set_far,
+    )
+
+
+def index_sample(index: EmbeddingIndex, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` faces of ``index`` (all of a smaller gallery, else drawn at random):
+    unit rows and an identity code per row. Segments are read one at a time and only the
+    drawn rows kept, so a large gallery costs its reads but never its size in memory."""
+    manifest, _ = index.read()
+    total = manifest.rows
+    rng = np.random.default_rng(seed)
+    wanted = np.arange(total) if total <= limit else np.sort(rng.choice(total, limit, False))
+    vectors, names, start = [], [], 0
+    for ref in manifest.segments:
+        rows = wanted[(wanted >= start) & (wanted < start + ref.rows)] - start
+        start += ref.rows
+        if len(rows):
+            segment = index.load(ref.name)
+            vectors.append(np.asarray(segment.vectors)[rows])
+            names.extend(segment.names[c] for c in segment.codes[rows].tolist())
+    if not vectors:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    identities = np.unique(np.array(names, dtype=str), return_inverse=True)[1]
+    return np.concatenate(vectors).astype(np.float32, copy=False), identities.reshape(-1)
 
 
 def tail_quantile(samples: np.ndarray, exceed: float) -> float:

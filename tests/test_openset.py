@@ -6,10 +6,23 @@ threshold lets through can be counted exactly and compared with what was asked f
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from facerank.openset import impostor_similarities, open_set_threshold, tail_quantile
+from facerank.gallery.index import EmbeddingIndex
+from facerank.gallery.segments import Segment
+from facerank.openset import (
+    impostor_similarities,
+    index_sample,
+    index_threshold,
+    open_set_threshold,
+    tail_quantile,
+)
+from facerank.settings import Settings
+from facerank.storage import FolderStore
 
 DIM = 32
 
@@ -69,3 +82,30 @@ def test_impostors_are_other_identities_only() -> None:
     cosines = impostor_similarities(vectors, codes)
     assert len(cosines) == 20 * 4  # each face against the 4 other identities
     assert cosines.max() < vectors[0] @ vectors[1]  # a genuine pair is closer than any
+
+
+def test_the_switch_computes_from_the_index_what_a_predictor_serves(tmp_path: Path) -> None:
+    """:func:`index_threshold` reads the index segment by segment; over the same faces it is
+    the threshold of the whole gallery, and a drawn sample keeps each row's identity."""
+    rng = np.random.default_rng(4)
+    vectors, codes = people(30, 4, rng)
+    store = FolderStore(tmp_path)
+    store.ensure_bucket("gallery")
+    index = EmbeddingIndex(store, "gallery", "v1")
+    names = [f"person-{c:02d}" for c in codes]
+    for part in np.array_split(np.arange(len(vectors)), 3):  # three segments
+        index.apply(Segment.build([f"f{i}" for i in part], [names[i] for i in part], vectors[part]))
+    pair = 1.3
+    settings = Settings(data_dir=tmp_path, open_set_far=0.01)
+    whole = open_set_threshold(vectors, codes, pair_threshold=pair, target=0.01)
+    assert whole < pair  # the gallery's size lowered it
+    assert index_threshold(index, pair, settings) == pytest.approx(whole, abs=1e-6)
+    fixed = Settings(data_dir=tmp_path, match_threshold=0.3)
+    assert index_threshold(index, pair, fixed) == 0.3
+
+    sample, sample_codes = index_sample(index, 50)
+    assert sample.shape == (50, DIM)
+    by_row = {vectors[i].tobytes(): names[i] for i in range(len(vectors))}
+    sampled_names = [by_row[row.tobytes()] for row in sample]
+    for a, b in itertools.combinations(range(50), 2):  # one code per identity, and only one
+        assert (sample_codes[a] == sample_codes[b]) == (sampled_names[a] == sampled_names[b])
