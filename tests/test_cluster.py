@@ -89,7 +89,16 @@ def test_every_workload_starts_and_stays_up(healthy: Deployment) -> None:
     } <= set(healthy.pods)
     assert healthy.minio is not None
     users = {name for name, _ in healthy.minio.users.values()}
-    assert users == {"dead-letter", "enroll", "identify", "predictor", "retrain", "source", "web"}
+    assert users == {
+        "dead-letter",
+        "enroll",
+        "identify",
+        "notify",
+        "predictor",
+        "retrain",
+        "source",
+        "web",
+    }
 
 
 def test_uploaded_photos_are_enrolled_through_the_webhook(
