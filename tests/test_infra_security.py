@@ -21,6 +21,7 @@ import yaml
 
 from tests.plugins.infra import (
     INFRA,
+    MINIO_USERS,
     OVERLAYS,
     ROOT,
     Document,
@@ -219,17 +220,6 @@ def test_pod_security_is_enforced_in_prod() -> None:
 # --- secrets --------------------------------------------------------------------------------
 
 HASH_SUFFIX = re.compile(r".+-[a-z0-9]{10}")
-MINIO_USERS = (
-    "dead-letter",
-    "enroll",
-    "identify",
-    "notify",
-    "predictor",
-    "retrain",
-    "source",
-    "web",
-)
-"""The components with a MinIO user (and Secret s3-<component>) of their own."""
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
