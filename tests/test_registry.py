@@ -231,6 +231,7 @@ def test_switch_makes_the_new_version_active_with_a_complete_gallery(
     assert all(NEW in v for v in records(enroller.handler.gallery).values())
     enroller.add("after/1.jpg", lfw_photo(lfw_faces, 5))
     assert records(enroller.handler.gallery)["after/1.jpg"] == ("lbp-proj-v1",)
+    assert not list(enroller.store.list("gallery", "unknown/"))  # none kept: none written
 
 
 def keep_unknown(

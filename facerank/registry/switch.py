@@ -46,8 +46,10 @@ def switch_model(
     registry.begin_switch(ref)
     log.info("switching to %s (%s): re-embedding the gallery", ref.version, reason)
     result = reindex(gallery, embedder, progress=progress, workers=workers)
-    threshold = index_threshold(gallery.index(ref.version), embedder.match_threshold, settings)
-    UnknownFaces(gallery.store, gallery.bucket).follow(embedder, threshold)
+    unknown = UnknownFaces(gallery.store, gallery.bucket)
+    if unknown.groups().faces:  # else nothing to regroup, and no index to read for a threshold
+        threshold = index_threshold(gallery.index(ref.version), embedder.match_threshold, settings)
+        unknown.follow(embedder, threshold)
     registry.complete_switch(ref.version, reason)
     log.info(
         "%s is active: %d record(s), %d re-embedded", ref.version, result.records, result.embedded
