@@ -380,6 +380,15 @@ def pairwise(groups: Any) -> tuple[float | None, float | None, int]:
     return precision, recall, len(faces)
 
 
+def pipeline_label(settings: Settings) -> str:
+    """The pipeline the figures were measured with, read from the settings the components
+    run with (this process sees the same environment ``facerank up`` is started with)."""
+    return (
+        "dlib-r34-v1 (pretrained, from the model cache), "
+        f"{settings.detector} detector, {settings.align} alignment"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="att,lfw")
@@ -395,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = {
         "command": "bench/bench_identify.py " + " ".join(argv or sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "model": "dlib-r34-v1 (pretrained, from the model cache), Haar detector, landmarks",
+        "model": pipeline_label(Settings()),
         "results": figures,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

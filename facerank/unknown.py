@@ -17,10 +17,17 @@ model's match threshold, kept incrementally: a new face joins the group whose ce
 matches, or starts one, and groups whose centres come to match merge into the oldest; removing
 faces regroups what is left of their groups. Centres rather than single links: with single
 linkage one look-alike chains two people together, and measured on AT&T's strangers that
-halved the groups' precision. Groups are computed with one model version; when the
-active version moves, the faces are embedded with it from their crops (as the gallery is
-re-embedded) and regrouped. ``face_id`` is derived from the photo's version, so a redelivered
+halved the groups' precision. ``face_id`` is derived from the photo's version, so a redelivered
 event adds nothing new.
+
+Groups are computed with one model version, named in the document. The model switch
+(:mod:`facerank.registry.switch`) calls :meth:`UnknownFaces.follow` after re-embedding the
+gallery and before making the new version active: every face is embedded with it from its
+crop (as the gallery is) and the faces are regrouped with it, so the groups are ready when the
+predictor starts serving it and no comparison ever mixes versions. A writer keeps grouping
+with the document's version while it still serves it (during a switch, the pending one), and
+regroups with its active version only when the document's is not served at all: a switch that
+was abandoned, or faces kept by a writer that read the pointer before the switch began.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import numpy as np
 from facerank.embedding import Embedder
 from facerank.errors import FacerankError, ObjectNotFoundError, PreconditionFailedError
 from facerank.gallery.gallery import crop_from_png, crop_png, vector_bytes, vector_from_bytes
-from facerank.reindex import embed_crops
+from facerank.reindex import BATCH, embed_crops
 from facerank.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -188,7 +195,8 @@ class UnknownFaces:
         threshold: float,
     ) -> dict[str, str]:
         """Keep ``new`` faces and group them; ``face_id -> group``. Faces already kept (a
-        redelivery) keep their group; faces of older versions of the same photos go."""
+        redelivery) keep their group; faces of older versions of the same photos go.
+        ``new`` faces hold vectors by every version in ``embedders`` (the served ones)."""
         for item in new:
             self._write_face(item)
         sources = {(n.face.bucket, n.face.key): n.face.etag for n in new}
@@ -199,11 +207,12 @@ class UnknownFaces:
                 for f in groups.faces.values()
                 if sources.get((f.bucket, f.key), f.etag) != f.etag
             ]
-            self._follow(groups, embedders, active, threshold)
-            self._drop(groups, stale, active, threshold)
+            version = groups.model_version if groups.model_version in embedders else active
+            self._follow(groups, embedders, version, threshold)
+            self._drop(groups, stale, version, threshold)
             for item in new:
                 if item.face.face_id not in groups.faces:
-                    self._join(groups, item.face, active, threshold)
+                    self._join(groups, item.face, version, threshold)
             return stale
 
         groups, stale = self._update(change)
@@ -276,26 +285,64 @@ class UnknownFaces:
                 for fid in part:
                     groups.faces[fid] = replace(groups.faces[fid], group=fresh)
 
+    def follow(self, embedder: Embedder, threshold: float) -> int:
+        """Embed every face with ``embedder``'s version and regroup them with it, at
+        ``threshold``; the number of faces. The model switch calls this (see the module).
+
+        The embedding, the costly part, runs before the conditional update, so concurrent
+        writers are not held off for it (vectors are immutable objects: an interrupted run
+        loses nothing); faces kept meanwhile are embedded inside the update.
+        """
+        version = embedder.model_version
+        mine = {version: embedder}
+        self._embed_missing(self.groups(), mine, version)
+        groups, _ = self._update(lambda fresh: self._follow(fresh, mine, version, threshold))
+        log.info("unknown faces follow %s: %d face(s) regrouped", version, len(groups.faces))
+        return len(groups.faces)
+
     def _follow(
-        self, groups: Groups, embedders: Mapping[str, Embedder], active: str, threshold: float
+        self, groups: Groups, embedders: Mapping[str, Embedder], version: str, threshold: float
     ) -> None:
-        """Embed every face with the active version (from its crop) and regroup when the
-        groups were computed with another one."""
-        if groups.model_version == active:
+        """Regroup every face with ``version`` when the groups were computed with another
+        one, embedding (from their crops) the faces that lack it."""
+        if groups.model_version == version:
             return
-        for fid, face in list(groups.faces.items()):
-            if active not in face.model_versions:
-                vector = embed_crops(embedders[active], [self.crop(fid)])[0]
-                self._put_vector(fid, active, vector)
-                groups.faces[fid] = replace(face, model_versions=(*face.model_versions, active))
+        self._embed_missing(groups, embedders, version)
         ids = sorted(groups.faces, key=lambda f: (_group_number(groups.faces[f].group), f))
         for fid in ids:
             groups.faces[fid] = replace(groups.faces[fid], group="")
-        for part in self._components(ids, active, threshold):
+        for part in self._components(ids, version, threshold):
             group = groups.new_group()
             for fid in part:
                 groups.faces[fid] = replace(groups.faces[fid], group=group)
-        groups.model_version = active
+        groups.model_version = version
+
+    def _embed_missing(
+        self, groups: Groups, embedders: Mapping[str, Embedder], version: str
+    ) -> None:
+        """Give every face of ``groups`` an embedding by ``version``, :data:`BATCH` crops per
+        call, skipping those this object wrote already. A face whose crop is gone was being
+        removed: it is dropped (if the document was stale, its conditional put fails and the
+        change is redone on a fresh read)."""
+        missing = [
+            fid
+            for fid, face in groups.faces.items()
+            if version not in face.model_versions and (fid, version) not in self._vectors
+        ]
+        for start in range(0, len(missing), BATCH):
+            crops = {}
+            for fid in missing[start : start + BATCH]:
+                try:
+                    crops[fid] = self.crop(fid)
+                except ObjectNotFoundError:
+                    del groups.faces[fid]
+            if crops:
+                vectors = embed_crops(embedders[version], list(crops.values()))
+                for fid, vector in zip(crops, vectors, strict=True):
+                    self._put_vector(fid, version, vector)
+        for fid, face in groups.faces.items():
+            if version not in face.model_versions:
+                groups.faces[fid] = replace(face, model_versions=(*face.model_versions, version))
 
     def _components(self, faces: list[str], version: str, threshold: float) -> list[list[str]]:
         """``faces`` grouped afresh, as if they had arrived one by one in this order."""

@@ -125,7 +125,7 @@ def test_unenrolled_people_leave_no_trace_in_any_model_version(
     for key, photo in photos.items():
         assert deliver(handler, "created", key, store.put("faces", key, photo).etag) == "enrolled"
     gallery, registry = handler.gallery, handler.models.registry
-    switch_model(registry, gallery, ModelRef(NEW), ProjectedLbp(), reason="test")
+    switch_model(registry, gallery, ModelRef(NEW), ProjectedLbp(), settings=settings, reason="test")
     late = encode(lfw_photo(lfw_faces, 5), "JPEG", quality=90)
     photos[f"{REMOVED}/3.jpg"] = late  # enrolled under the new version only
     late_etag = store.put("faces", f"{REMOVED}/3.jpg", late).etag

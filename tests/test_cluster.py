@@ -25,7 +25,7 @@ from tests.cluster.volumes import unshare_prefix
 from tests.plugins.enroller import lfw_photo
 from tests.plugins.faces import DETECTABLE_FACES, encode
 from tests.plugins.http import serving
-from tests.plugins.infra import OVERLAYS, kubectl
+from tests.plugins.infra import MINIO_USERS, OVERLAYS, kubectl
 from tests.plugins.webhook import Webhook
 
 STRANGER = 15
@@ -89,7 +89,7 @@ def test_every_workload_starts_and_stays_up(healthy: Deployment) -> None:
     } <= set(healthy.pods)
     assert healthy.minio is not None
     users = {name for name, _ in healthy.minio.users.values()}
-    assert users == {"dead-letter", "enroll", "identify", "predictor", "retrain", "source", "web"}
+    assert users == set(MINIO_USERS)
 
 
 def test_uploaded_photos_are_enrolled_through_the_webhook(

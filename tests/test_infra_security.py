@@ -21,6 +21,7 @@ import yaml
 
 from tests.plugins.infra import (
     INFRA,
+    MINIO_USERS,
     OVERLAYS,
     ROOT,
     Document,
@@ -219,8 +220,6 @@ def test_pod_security_is_enforced_in_prod() -> None:
 # --- secrets --------------------------------------------------------------------------------
 
 HASH_SUFFIX = re.compile(r".+-[a-z0-9]{10}")
-MINIO_USERS = ("dead-letter", "enroll", "identify", "predictor", "retrain", "source", "web")
-"""The components with a MinIO user (and Secret s3-<component>) of their own."""
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -241,10 +240,12 @@ WRITES_ONLY_UNDER: dict[str, set[str]] = {
     "predictor": set(),
     "web": {"arn:aws:s3:::faces/*/named/*", "arn:aws:s3:::gallery/unknown/*"},
     "identify": {"arn:aws:s3:::queries/results/*", "arn:aws:s3:::gallery/unknown/*"},
+    "notify": {"arn:aws:s3:::gallery/notified/*"},
 }
 """Where the query path may write: the predictor nowhere; the web page only what naming an
 unknown group takes (its photos copied under faces/<identity>/named/, the group forgotten);
-identify only its results and the unknown faces it keeps."""
+identify only its results and the unknown faces it keeps; notify only its markers of posted
+events."""
 
 
 @pytest.mark.parametrize("component", MINIO_USERS)

@@ -27,10 +27,12 @@ from facerank.registry import (
     switch_model,
 )
 from facerank.registry.registry import POINTER_KEY
-from facerank.reindex import add_version, reindex
+from facerank.reindex import add_version, embed_crops, reindex
 from facerank.settings import Settings
 from facerank.storage import ObjectStore
+from facerank.unknown import Groups, NewFace, UnknownFace, UnknownFaces
 from tests.plugins.enroller import Enroller, lfw_photo
+from tests.test_unknown import astronaut_crop, lfw_crop
 
 NEW = "lbp-proj-v1"
 
@@ -216,6 +218,7 @@ def test_switch_makes_the_new_version_active_with_a_complete_gallery(
         enroller.handler.gallery,
         ModelRef(NEW),
         ProjectedLbp(),
+        settings=enroller.handler.settings,
         reason="test",
         progress=lambda done, total: progress.append((done, total)),
     )
@@ -228,3 +231,93 @@ def test_switch_makes_the_new_version_active_with_a_complete_gallery(
     assert all(NEW in v for v in records(enroller.handler.gallery).values())
     enroller.add("after/1.jpg", lfw_photo(lfw_faces, 5))
     assert records(enroller.handler.gallery)["after/1.jpg"] == ("lbp-proj-v1",)
+    assert not list(enroller.store.list("gallery", "unknown/"))  # none kept: none written
+
+
+def keep_unknown(
+    unknown: UnknownFaces, crops: dict[str, np.ndarray], embedders: dict[str, Embedder]
+) -> None:
+    """Keep ``crops`` as unknown faces the way identify does: vectors by every served
+    version, grouped with the first (the active one)."""
+    new = []
+    for fid, crop in crops.items():
+        vectors = {v: embed_crops(e, [crop])[0] for v, e in embedders.items()}
+        face = UnknownFace(
+            fid, "queries", f"{fid}.jpg", "e", (0, 0, 1, 1), model_versions=tuple(vectors)
+        )
+        new.append(NewFace(face, crop, vectors))
+    active = next(iter(embedders))
+    unknown.add(new, embedders=embedders, active=active, threshold=0.5)
+
+
+def test_switch_regroups_unknown_faces_with_the_new_version_before_activating_it(
+    enroller: Enroller,
+    lfw_faces: np.ndarray,
+    astronaut: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    enroll_some(enroller, lfw_faces, 4)
+    models, gallery = enroller.handler.models, enroller.handler.gallery
+    old = LbpEmbedder()
+    unknown = UnknownFaces(gallery.store, gallery.bucket)
+    crops = {
+        "eileen-1": astronaut_crop(astronaut, 0),
+        "eileen-2": astronaut_crop(astronaut, 4),
+        "other": lfw_crop(lfw_faces, 7),
+    }
+    keep_unknown(unknown, crops, {old.model_version: old})
+    assert unknown.groups().model_version == old.model_version
+    at_activation: list[Groups] = []
+    complete = models.registry.complete_switch
+
+    def activating(version: str, reason: str) -> ActivePointer:
+        at_activation.append(UnknownFaces(gallery.store, gallery.bucket).groups())
+        return complete(version, reason)
+
+    monkeypatch.setattr(models.registry, "complete_switch", activating)
+    switch_model(
+        models.registry,
+        gallery,
+        ModelRef(NEW),
+        ProjectedLbp(),
+        settings=enroller.handler.settings,
+        reason="test",
+    )
+
+    (groups,) = at_activation  # as the switch made NEW active, the groups were NEW's already
+    assert groups.model_version == NEW
+    assert all(NEW in face.model_versions for face in groups.faces.values())
+    for fid, crop in crops.items():
+        stored = unknown.vector(fid, NEW)
+        assert np.allclose(stored, embed_crops(ProjectedLbp(), [crop])[0], atol=1e-6)
+    assert groups.faces["eileen-1"].group == groups.faces["eileen-2"].group
+    assert groups.faces["other"].group != groups.faces["eileen-1"].group
+
+
+def test_during_a_switch_writers_serving_the_new_version_keep_its_groups(
+    enroller: Enroller, lfw_faces: np.ndarray, astronaut: np.ndarray
+) -> None:
+    """Groups already computed with the pending version stay so for a writer serving both;
+    a writer that read the pointer before the switch began (old version only) regroups with
+    its own, and the next writer serving the new one regroups back: never a mixed compare."""
+    gallery = enroller.handler.gallery
+    old, new = LbpEmbedder(), ProjectedLbp()
+    unknown = UnknownFaces(gallery.store, gallery.bucket)
+    keep_unknown(unknown, {"a": astronaut_crop(astronaut, 0)}, {old.model_version: old})
+    unknown.follow(new, 0.5)  # what the switch does before activating NEW
+    both = {old.model_version: old, NEW: new}
+    keep_unknown(unknown, {"b": astronaut_crop(astronaut, 4)}, both)
+    groups = unknown.groups()
+    assert groups.model_version == NEW
+    assert groups.faces["a"].group == groups.faces["b"].group
+
+    keep_unknown(
+        UnknownFaces(gallery.store, gallery.bucket),
+        {"c": lfw_crop(lfw_faces, 7)},
+        {old.model_version: old},
+    )
+    assert unknown.groups().model_version == old.model_version
+    keep_unknown(unknown, {"d": lfw_crop(lfw_faces, 8)}, {NEW: new})  # NEW active now
+    groups = unknown.groups()
+    assert groups.model_version == NEW
+    assert all(NEW in face.model_versions for face in groups.faces.values()), groups.faces

@@ -197,6 +197,7 @@ def run_activate(args: argparse.Namespace, settings: Settings) -> int:
             gallery,
             ref,
             embedder,
+            settings=settings,
             reason=args.reason,
             progress=report,
             workers=Workers(settings, ref, settings.reindex_workers),

@@ -6,6 +6,7 @@ import logging
 
 from facerank.serving import listen_port, serve
 from facerank.settings import Settings
+from facerank.storage import open_store
 from functions.notify.app import create_app
 from functions.notify.handler import build_handler
 
@@ -15,7 +16,9 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s notify %(levelname)s %(message)s"
     )
-    handler = build_handler(settings)
+    store = open_store(settings)
+    store.ensure_bucket(settings.gallery_bucket)  # where notified events are marked
+    handler = build_handler(settings, store)
     logging.getLogger(__name__).info(
         "notifying on %r: %s",
         settings.notify_filter,

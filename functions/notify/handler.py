@@ -8,18 +8,18 @@ a notification cannot leak a face to wherever the chat tool stores messages.
 Retrying is the broker's job: a webhook that fails or cannot be reached makes the delivery
 fail with 503 (retryable), so the Broker's delivery policy retries with backoff and finally
 dead-letters the event; a webhook that refuses the body (4xx) is final, a 400 dead-lettered at
-once. Delivery is at-least-once, so events already posted by this process are not posted again
-(bounded memory), and every body carries the event id for receivers that deduplicate.
+once. Delivery is at-least-once, so each event is claimed in the store before its post and
+marked posted after it (:mod:`functions.notify.ledger`): a redelivery, to any replica, before
+or after a restart, posts nothing again. Every body carries the event id for receivers that
+deduplicate the rare repeat a crash between post and mark leaves.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +30,13 @@ from facerank.cehttp import json_data
 from facerank.errors import FacerankError, InvalidEventError
 from facerank.events import FACE_IDENTIFIED, describe
 from facerank.settings import Settings
+from facerank.storage import ObjectStore
+from functions.notify.ledger import NotifyLedger
 
 log = logging.getLogger(__name__)
 
 ANY = "*"
 UNKNOWN = "unknown"
-REMEMBERED = 10_000
-"""Event ids already posted that a redelivery will not post again."""
 TIMEOUT_S = 10.0
 
 
@@ -113,11 +113,10 @@ def notification(event: CloudEvent, data: Mapping[str, Any]) -> dict[str, Any]:
 class NotifyHandler:
     """Posts matching ``face.identified`` events to one webhook."""
 
-    def __init__(self, webhook_url: str, notify_filter: NotifyFilter) -> None:
+    def __init__(self, webhook_url: str, notify_filter: NotifyFilter, ledger: NotifyLedger) -> None:
         self.webhook_url = webhook_url
         self.filter = notify_filter
-        self._posted: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
+        self.ledger = ledger
 
     def handle(self, event: CloudEvent) -> str:
         """Post if the event matches; the verdict for the log. Raises on a failed post."""
@@ -129,11 +128,15 @@ class NotifyHandler:
         reasons = self.filter.reasons(data)
         if not reasons or not self.webhook_url:
             verdict = "no webhook configured" if reasons else "filtered out"
-        elif self._already_posted(event["id"]):
+        elif (claim := self.ledger.claim(event["id"])) is None:
             verdict = "already posted"
         else:
-            self._post(notification(event, data))
-            self._remember(event["id"])
+            try:
+                self._post(notification(event, data))
+            except FacerankError:
+                self._release(event["id"], claim)
+                raise
+            self.ledger.posted(event["id"])
             verdict = f"posted ({', '.join(reasons)})"
         log.info("%s: %s", describe(event), verdict)
         return verdict
@@ -159,16 +162,19 @@ class NotifyHandler:
             reason = getattr(exc, "reason", exc)
             raise WebhookUnavailableError(f"the webhook could not be reached: {reason}") from None
 
-    def _already_posted(self, event_id: str) -> bool:
-        with self._lock:
-            return event_id in self._posted
-
-    def _remember(self, event_id: str) -> None:
-        with self._lock:
-            self._posted[event_id] = None
-            while len(self._posted) > REMEMBERED:
-                self._posted.popitem(last=False)
+    def _release(self, event_id: str, claim: str) -> None:
+        """Free the claim of a failed post so the broker's retry posts; if the store fails
+        too, the claim expires (ledger.LEASE) before the broker's last retry."""
+        try:
+            self.ledger.release(event_id, claim)
+        except FacerankError as exc:
+            log.warning("event %s: could not release its claim (%s); it expires", event_id, exc)
 
 
-def build_handler(settings: Settings) -> NotifyHandler:
-    return NotifyHandler(settings.notify_webhook_url, NotifyFilter.parse(settings.notify_filter))
+def build_handler(settings: Settings, store: ObjectStore) -> NotifyHandler:
+    """Markers of notified events go to the gallery bucket (see :mod:`.ledger`)."""
+    return NotifyHandler(
+        settings.notify_webhook_url,
+        NotifyFilter.parse(settings.notify_filter),
+        NotifyLedger(store, settings.gallery_bucket),
+    )

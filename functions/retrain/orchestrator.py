@@ -236,6 +236,7 @@ class RunOrchestrator:
             self.gallery,
             ref,
             self.models.embedder(ref),
+            settings=self.settings,
             reason=f"run {run_id}: {reason}",
             workers=Workers(self.settings, ref, self.settings.reindex_workers),
         )

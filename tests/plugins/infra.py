@@ -26,6 +26,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent.parent
 INFRA = ROOT / "infra"
 OVERLAYS = ("dev", "prod")
+MINIO_USERS = (
+    "dead-letter",
+    "enroll",
+    "identify",
+    "notify",
+    "predictor",
+    "retrain",
+    "source",
+    "web",
+)
+"""The components with a MinIO user (and Secret s3-<component>) of their own."""
 SECRET_SCRIPTS = {
     "dev": "overlays/dev/secrets/create-missing.sh",
     "prod": "overlays/prod/secrets/generate.sh",

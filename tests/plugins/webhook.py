@@ -14,11 +14,14 @@ from tests.plugins.http import serving
 
 
 class Webhook:
-    """Records JSON bodies POSTed to ``url``; set ``status`` to make it fail."""
+    """Records JSON bodies POSTed to ``url``; set ``status`` to make it fail, ``hold`` to keep
+    each POST waiting until it is set (``holding`` is set once one is waiting)."""
 
     def __init__(self) -> None:
         self.url = ""
         self.status = 200
+        self.hold: threading.Event | None = None
+        self.holding = threading.Event()
         self._bodies: list[dict[str, Any]] = []
         self._raw: list[bytes] = []
         self._lock = threading.Lock()
@@ -48,6 +51,9 @@ class Webhook:
 
         @app.post("/hook")
         def hook() -> tuple[str, int]:
+            if self.hold is not None:
+                self.holding.set()
+                assert self.hold.wait(30), "the test never released the held POST"
             if self.status >= 300:
                 return "refused on purpose", self.status
             with self._lock:

@@ -20,7 +20,7 @@ create minio.env "MINIO_ROOT_USER=facerank-$(random | cut -c1-8)
 MINIO_ROOT_PASSWORD=$(random)"
 create webhook-token.env "token=$(random)"
 create api-token.env "token=$(random)"
-for component in dead-letter enroll identify predictor retrain source web; do
+for component in dead-letter enroll identify notify predictor retrain source web; do
     create "s3-$component.env" "ACCESS_KEY=facerank-$component
 SECRET_KEY=$(random)"
 done
