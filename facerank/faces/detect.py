@@ -69,8 +69,8 @@ SSD_BOXES = BoxGeometry(
 """SSD boxes go to the landmark net unchanged, as face-api feeds them, and the chip always
 follows the landmarks: at the SSD's threshold a box holds a face, and the verification, tuned
 to refuse Haar's false detections, sent 117 of LFW View 1's 4,966 faces (turned heads, fit
-errors up to 0.09) to the box's fixed eye positions, which cost DevTest 1.0 points
-(``bench/results/lfw-devtest-alignment.json``). Eyes: the median eye
+errors up to 0.09) to the box's fixed eye positions, which cost DevTest 1.3 points
+(``bench/results/lfw-alignment-ablation.json``). Eyes: the median eye
 centres of plausible landmarks in the SSD boxes of AT&T's 400 faces (``bench/
 survey_detectors.py``: x 0.294 and 0.736, heights 0.376 and 0.384, averaged so a box-aligned
 chip is not rolled)."""

@@ -7,7 +7,7 @@ A rescue: when the detector finds no face at its threshold, a detector that can 
 *unsure* faces (:class:`UnsureFaces`, the SSD's boxes scoring between its floor and its
 threshold) offers them, and the landmark net verifies each: only a box whose landmarks fit
 dlib's mean face (:func:`~facerank.faces.landmarks.plausible`) counts as a face. LFW View 1:
-the SSD finds no face in 25 of 4,991 photos at 0.5; 13 of them hold a face scoring 0.2 to 0.5
+the SSD finds no face in 25 of 4,991 photos at 0.5; 9 of them hold a face scoring 0.2 to 0.5
 whose landmarks fit, while the faceless photos of scikit-image offer at most one candidate,
 which the landmarks refuse.
 """

@@ -59,8 +59,9 @@ above it and nothing else."""
 SSD_UNSURE_CONFIDENCE = 0.2
 """The floor of :meth:`SsdFaceDetector.unsure`: boxes scoring from here up to the threshold are
 offered for the landmark net to verify (:mod:`facerank.faces.find`) when nothing scores above
-the threshold. LFW View 1's 25 photos without a face at 0.5: 13 faces whose landmarks fit score
-0.2 to 0.5; scikit-image's faceless photos score below 0.2 (``coins``: 0.16)."""
+the threshold. LFW View 1's 25 photos without a face at 0.5: 9 faces whose landmarks fit score
+0.2 to 0.5 (``bench/results/lfw-alignment-ablation.json``, ``rescued``); scikit-image's faceless
+photos score below 0.2 (``coins``: 0.16)."""
 
 
 def ssd_input(image: np.ndarray) -> np.ndarray:
