@@ -24,8 +24,9 @@ from facerank.errors import FaceTooSmallError, InvalidImageError, NoFaceError
 from facerank.faces import AlignedFace, AlignMode, Detection, FaceDetector, HaarFaceDetector
 from facerank.faces.align import ChipSpec, align_face
 from facerank.faces.detect import HAAR_MIN_CONFIDENCE
+from facerank.faces.find import find_faces
 from facerank.faces.landmarks import LandmarkLocator
-from facerank.faces.ssd import SSD_MIN_CONFIDENCE, SsdFaceDetector
+from facerank.faces.ssd import SSD_MIN_CONFIDENCE, SSD_UNSURE_CONFIDENCE, SsdFaceDetector
 from facerank.imaging import DecodedImage, decode_image, read_image_file
 from facerank.registry.locate import default_model, load_model
 from facerank.settings import Settings
@@ -108,16 +109,16 @@ class FacePipeline:
 
         With landmark alignment, all faces of the photo are located in one batch.
         """
-        detections = self.detector.detect(pixels)
-        points: list[np.ndarray | None] = [None] * len(detections)
-        if self.locator is not None and detections:
-            points = self.locator.locate(pixels, [d.landmark_region() for d in detections])
-        chip = self.embedder.chip
         faces = [
-            Face(d, align_face(pixels, d, chip, self.align_mode, p), p)
-            for d, p in zip(detections, points, strict=True)
+            Face(f.detection, self._chip(pixels, f.detection, f.landmarks), f.landmarks)
+            for f in find_faces(pixels, self.detector, self.locator)
         ]
         return ImageFaces(width=pixels.shape[1], height=pixels.shape[0], faces=faces)
+
+    def _chip(
+        self, pixels: np.ndarray, detection: Detection, landmarks: np.ndarray | None
+    ) -> AlignedFace:
+        return align_face(pixels, detection, self.embedder.chip, self.align_mode, landmarks)
 
     def align(self, pixels: np.ndarray, face: Face, spec: ChipSpec) -> AlignedFace:
         """``face`` of ``pixels`` in another layout (the gallery's crop), from the same fit."""
@@ -171,6 +172,7 @@ def detector_from_settings(
                 min_face_size=size,
                 max_faces=count,
                 min_confidence=SSD_MIN_CONFIDENCE if threshold is None else threshold,
+                unsure_floor=SSD_UNSURE_CONFIDENCE if threshold is None else None,
             )
         _warn_once(
             f"the SSD face detector is not set up in {model_dir} (run `facerank models fetch`); "

@@ -71,6 +71,40 @@ def test_bench_pipeline(tmp_path: Path, fetched_settings: Settings) -> None:
     assert results["savedmodel_single_chip"]["ratio"] > 0
 
 
+def test_ablate_lfw_alignment(
+    tmp_path: Path, astronaut: np.ndarray, fetched_settings: Settings
+) -> None:
+    """Three "people", each two re-shots of the astronaut (a face the SSD finds), LFW's layout."""
+    rng = np.random.default_rng(5)
+    images = tmp_path / "images"
+    people = ("Ann_A", "Bob_B", "Cid_C")
+    for name in people:
+        (images / name).mkdir(parents=True)
+        for n in (1, 2):
+            shot = encode(variant(astronaut, rng), "JPEG", quality=90)
+            (images / name / f"{name}_{n:04d}.jpg").write_bytes(shot)
+    matched = [f"{name}\t1\t2" for name in people]
+    mismatched = [f"{a}\t1\t{b}\t2" for a, b in zip(people, people[1:] + people[:1], strict=True)]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("3\t3\n" + "".join(f"{line}\n" for line in matched + mismatched))
+    env = {"FACERANK_CACHE_DIR": str(fetched_settings.cache_dir)}
+    results = run_bench(
+        tmp_path,
+        "ablate_lfw_alignment.py",
+        *("--images", str(images), "--pairs-train", str(pairs), "--pairs-test", str(pairs)),
+        env=env,
+    )
+    assert results["faces"] == 6
+    assert set(results["variants"]) == {
+        "dlib68",
+        "dlib5",
+        "dlib68-verified",
+        "dlib5-verified",
+        "dlib68-no-rescue",
+    }
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in results["variants"].values())
+
+
 def test_bench_predict_and_its_server(tmp_path: Path) -> None:
     results = run_bench(
         tmp_path, "bench_predict.py", "--sizes", "200", "--rounds", "2", "--seconds", "0.2"

@@ -49,8 +49,7 @@ from facerank.faces.align import GALLERY_CROP_256, rechip
 from facerank.faces.landmarks import (
     DLIB_CHIP_PADDING,
     DLIB_CHIP_SIZE,
-    DLIB_FIVE_FROM_68,
-    DLIB_FIVE_TEMPLATE,
+    DLIB_MEAN_FACE,
     LANDMARK_INPUT_SIZE,
     LandmarkLocator,
     face_crop,
@@ -141,11 +140,11 @@ def test_net_input_pads_to_a_centred_square_then_resizes(astronaut: np.ndarray) 
 
 
 def dlib_shape(scale: float, angle: float, shift: tuple[float, float]) -> np.ndarray:
-    """68 points whose dlib five sit on dlib's template moved by a similarity; others at 0."""
-    template = (DLIB_CHIP_PADDING + DLIB_FIVE_TEMPLATE) / (2 * DLIB_CHIP_PADDING + 1)
+    """68 points: dlib's mean face (points 17 to 67) moved by a similarity; the jaw at 0."""
+    template = (DLIB_CHIP_PADDING + DLIB_MEAN_FACE) / (2 * DLIB_CHIP_PADDING + 1)
     rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     points = np.zeros((68, 2))
-    points[list(DLIB_FIVE_FROM_68)] = template * DLIB_CHIP_SIZE * scale @ rotation.T + shift
+    points[17:] = template * DLIB_CHIP_SIZE * scale @ rotation.T + shift
     return points
 
 
@@ -154,8 +153,9 @@ def test_landmark_chip_is_dlibs_extraction_rectangle() -> None:
     ``size * scale`` rectangle (less one pixel) centred on the template's centre, rotated."""
     scale, angle, shift = 1.7, math.radians(12), (40.0, 25.0)
     fitted = landmark_chip(dlib_shape(scale, angle, shift))
-    assert fitted.fit_error == pytest.approx(0.0, abs=1e-12)
-    assert fitted.roll_degrees == pytest.approx(12.0)
+    # dlib's five-point template and its mean face differ by under a thousandth of the chip.
+    assert fitted.fit_error == pytest.approx(0.0, abs=1e-3)
+    assert fitted.roll_degrees == pytest.approx(12.0, abs=0.1)
     size = DLIB_CHIP_SIZE
     rotation = complex(math.cos(angle), math.sin(angle))
     centre = rotation * scale * complex(size / 2, size / 2) + complex(*shift)
@@ -185,6 +185,21 @@ def test_plausibility_rejects_what_is_not_a_face() -> None:
     assert align_face(image, detection, DLIB_CHIP_150, "landmarks", face).method == "landmarks"
     assert align_face(image, detection, DLIB_CHIP_150, "landmarks", collapsed).method == "box"
     assert align_face(image, detection, DLIB_CHIP_150, "eyes", face).method == "box"
+
+
+def test_landmarks_in_ssd_boxes_drive_the_chip_unverified() -> None:
+    """Haar's boxes may hold no face, so their landmarks are verified; an SSD box above its
+    threshold holds one, and a turned head's landmarks still align it better than the box."""
+    box = (0, 0, 100, 100)
+    narrow = dlib_shape(0.2, 0.0, (30.0, 30.0))  # eyes too close for a face filling the box
+    assert not plausible(landmark_chip(narrow), box)
+    image = np.zeros((100, 100, 3), np.uint8)
+    haar = Detection(box, 0.9, None, detector="haar")
+    ssd = Detection(box, 0.9, None, detector="ssd")
+    assert align_face(image, haar, DLIB_CHIP_150, "landmarks", narrow).method == "box"
+    assert align_face(image, ssd, DLIB_CHIP_150, "landmarks", narrow).method == "landmarks"
+    collapsed = np.full((68, 2), 40.0)  # but points spanning no chip never drive it
+    assert align_face(image, ssd, DLIB_CHIP_150, "landmarks", collapsed).method == "box"
 
 
 # --- the real package: conversion, proof against face-api's JavaScript ---------------------

@@ -22,6 +22,7 @@ from facerank.evaluation.pairs_run import PairsRun, evaluate_pairs
 from facerank.evaluation.run import pick_face
 from facerank.evaluation.verification import fit_threshold, score_at, verify
 from facerank.faces import Detection, HaarFaceDetector
+from facerank.faces.find import FoundFace
 from facerank.settings import Settings
 from tests.plugins.faces import DETECTABLE_FACES, encode, face_shot, variant
 
@@ -262,9 +263,9 @@ def test_a_given_threshold_scores_all_pairs_as_one_fold() -> None:
 def test_which_face_of_an_image_with_several() -> None:
     """Largest first, as detectors report; ``centre`` picks the box nearest the image centre
     (LFW centres its subject), the larger one on a tie."""
-    corner = Detection(box=(0, 0, 120, 120), confidence=0.9)
-    central = Detection(box=(130, 60, 60, 60), confidence=0.9)  # centre (160, 90)
-    mirrored = Detection(box=(170, 60, 60, 60), confidence=0.9)  # centre (200, 90)
+    corner = FoundFace(Detection(box=(0, 0, 120, 120), confidence=0.9), None)
+    central = FoundFace(Detection(box=(130, 60, 60, 60), confidence=0.9), None)  # at (160, 90)
+    mirrored = FoundFace(Detection(box=(170, 60, 60, 60), confidence=0.9), None)  # at (200, 90)
     shape = (180, 360, 3)  # image centre (180, 90): both small boxes 20 px off
     assert pick_face([corner, central, mirrored], shape, "largest") is corner
     assert pick_face([corner, central, mirrored], shape, "centre") is central

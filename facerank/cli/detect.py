@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from facerank.cli.output import emit_json
 from facerank.errors import InvalidImageError
 from facerank.faces import AlignMode, Detection, FaceDetector, LandmarkLocator
 from facerank.faces.align import DLIB_CHIP_150, align_face
+from facerank.faces.find import find_faces
 from facerank.imaging import read_image_file
 from facerank.pipeline import (
     alignment_from_settings,
@@ -65,17 +64,17 @@ def detect_record(
         pixels = read_image_file(path, **limits).pixels
     except InvalidImageError as exc:
         return {"path": str(path), "error": exc.to_json()}
-    detections = detector.detect(pixels)
-    points: list[np.ndarray | None] = [None] * len(detections)
-    if locator is not None and detections:
-        points = locator.locate(pixels, [d.landmark_region() for d in detections])
+    found = find_faces(pixels, detector, locator)
     return {
         "path": str(path),
         "width": pixels.shape[1],
         "height": pixels.shape[0],
         "faces": [
-            face_record(d, align_face(pixels, d, DLIB_CHIP_150, align, p).method)
-            for d, p in zip(detections, points, strict=True)
+            face_record(
+                f.detection,
+                align_face(pixels, f.detection, DLIB_CHIP_150, align, f.landmarks).method,
+            )
+            for f in found
         ],
     }
 

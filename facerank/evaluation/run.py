@@ -30,11 +30,11 @@ from facerank.evaluation.metrics import Metrics, evaluate_distances
 from facerank.faces import (
     AlignMode,
     ChipSpec,
-    Detection,
     FaceDetector,
     LandmarkLocator,
     align_face,
 )
+from facerank.faces.find import FoundFace, find_faces
 from facerank.imaging import read_image_file
 from facerank.pipeline import ordered_map
 
@@ -187,18 +187,18 @@ def detection_passes(
             )
 
 
-def pick_face(detections: Sequence[Detection], shape: tuple[int, ...], face: FacePick) -> Detection:
-    """The face to evaluate of an image's ``detections`` (largest first): the first, or the
+def pick_face(found: Sequence[FoundFace], shape: tuple[int, ...], face: FacePick) -> FoundFace:
+    """The face to evaluate of an image's ``found`` faces (largest first): the first, or the
     one whose box centre is nearest the image's centre (the larger one on a tie)."""
     if face == "largest":
-        return detections[0]
+        return found[0]
     height, width = shape[:2]
 
-    def off_centre(detection: Detection) -> float:
-        x, y, w, h = detection.box
+    def off_centre(candidate: FoundFace) -> float:
+        x, y, w, h = candidate.detection.box
         return math.hypot(x + w / 2 - width / 2, y + h / 2 - height / 2)
 
-    return min(detections, key=off_centre)
+    return min(found, key=off_centre)
 
 
 def detect_and_align(
@@ -227,14 +227,13 @@ def detect_and_align(
             pixels = read_image_file(path, **limits).pixels
         except InvalidImageError as exc:
             return exc
-        detections = face_detector.detect(pixels)
-        if not detections:
+        found = find_faces(pixels, face_detector, locator if align == "landmarks" else None)
+        if not found:
             return None
-        chosen = pick_face(detections, pixels.shape, face)
-        points = None
-        if align == "landmarks" and locator is not None:
-            [points] = locator.locate(pixels, [chosen.landmark_region()])
-        aligned = [align_face(pixels, chosen, spec, align, points) for spec in specs]
+        chosen = pick_face(found, pixels.shape, face)
+        aligned = [
+            align_face(pixels, chosen.detection, spec, align, chosen.landmarks) for spec in specs
+        ]
         return [face.chip for face in aligned], aligned[0].method
 
     started = time.perf_counter()

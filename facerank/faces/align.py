@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from facerank.faces.detect import Detection, Point
-from facerank.faces.landmarks import plausible_chip
+from facerank.faces.landmarks import LandmarkChip, landmark_chip, plausible_chip
 
 AlignMethod = Literal["landmarks", "eyes", "box"]
 AlignMode = Literal["landmarks", "eyes", "box"]
@@ -129,10 +129,11 @@ def chip_transform(
     the similarity that moves ``DLIB_CHIP_150``'s eye points onto ``spec``'s, so every layout
     of one face (the embedder's chip, the gallery's crop) comes from the same fit and
     :func:`rechip` between layouts reproduces it. Landmarks that do not look like a face
-    (:func:`~facerank.faces.landmarks.plausible`) fall back to the eyes, then the box.
+    (:func:`~facerank.faces.landmarks.plausible`), in the boxes of a detector whose landmarks
+    are verified, fall back to the eyes, then the box.
     """
     if mode == "landmarks" and landmarks is not None:
-        fitted = plausible_chip(landmarks, detection.box)
+        fitted = _landmark_fit(landmarks, detection)
         if fitted is not None:
             dlib_eyes = (DLIB_CHIP_150.left_eye, DLIB_CHIP_150.right_eye)
             to_spec = similarity_transform(dlib_eyes, (spec.left_eye, spec.right_eye))
@@ -140,6 +141,17 @@ def chip_transform(
     if mode != "box" and detection.eyes is not None:
         return similarity_transform(detection.eyes, (spec.left_eye, spec.right_eye)), "eyes"
     return similarity_transform(detection.box_eyes(), (spec.left_eye, spec.right_eye)), "box"
+
+
+def _landmark_fit(landmarks: np.ndarray, detection: Detection) -> LandmarkChip | None:
+    """dlib's chip of ``landmarks``, verified when ``detection``'s detector asks for it; None
+    when refused or when the points span no chip."""
+    if detection.geometry.verify_landmarks:
+        return plausible_chip(landmarks, detection.box)
+    try:
+        return landmark_chip(landmarks)
+    except ValueError:
+        return None
 
 
 def rechip(crop: np.ndarray, crop_spec: ChipSpec, spec: ChipSpec) -> np.ndarray:

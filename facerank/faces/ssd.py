@@ -56,6 +56,13 @@ percentile 0.54); scikit-image's photos without a face at most 0.36 (``coins``; 
 scores 0.93, a face to this detector at any threshold); face-api's group photos: every face
 above it and nothing else."""
 
+SSD_UNSURE_CONFIDENCE = 0.2
+"""The floor of :meth:`SsdFaceDetector.unsure`: boxes scoring from here up to the threshold are
+offered for the landmark net to verify (:mod:`facerank.faces.find`) when nothing scores above
+the threshold. LFW View 1's 25 photos without a face at 0.5: 9 faces whose landmarks fit score
+0.2 to 0.5 (``bench/results/lfw-alignment-ablation.json``, ``rescued``); scikit-image's faceless
+photos score below 0.2 (``coins``: 0.16)."""
+
 
 def ssd_input(image: np.ndarray) -> np.ndarray:
     """The RGB ``image`` as the network's ``(512, 512, 3)`` float32 input (zeros appended)."""
@@ -128,7 +135,9 @@ class SsdFaceDetector:
     """The :class:`~facerank.faces.detect.FaceDetector` over the exported SSD at ``model_dir``.
 
     ``zoom_out``: margins of the searches after one finds no face (``()``: face-api's
-    ``locateFaces`` exactly). Thread-safe: the model is loaded once, on first use, and its
+    ``locateFaces`` exactly). ``unsure_floor``: the lowest score :meth:`unsure` offers (None:
+    it offers nothing, as when a user set the threshold and it is to be taken literally).
+    Thread-safe: the model is loaded once, on first use, and its
     signature may be called from many threads at once.
     """
 
@@ -140,6 +149,7 @@ class SsdFaceDetector:
         max_faces: int = 20,
         min_confidence: float = SSD_MIN_CONFIDENCE,
         zoom_out: tuple[float, ...] = ZOOM_OUT_MARGINS,
+        unsure_floor: float | None = SSD_UNSURE_CONFIDENCE,
     ) -> None:
         if min_face_size < 1 or max_faces < 1 or not 0.0 <= min_confidence < 1.0:
             raise ValueError("invalid detector parameters")
@@ -149,6 +159,7 @@ class SsdFaceDetector:
         self.max_faces = max_faces
         self.min_confidence = min_confidence
         self.zoom_out = zoom_out
+        self.unsure_floor = unsure_floor
         self._net = ServedNet(
             model_dir,
             what="SSD face detector",
@@ -165,12 +176,27 @@ class SsdFaceDetector:
         """Every face above the thresholds, largest first, at most ``max_faces``."""
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape}")
-        height, width = image.shape[:2]
         found = self._locate(image)
         for margin in self.zoom_out:
             if found:
                 break
             found = self._locate_zoomed_out(image, margin)
+        return self._detections(image, found)
+
+    def unsure(self, image: np.ndarray) -> list[Detection]:
+        """The faces scoring from ``unsure_floor`` up to the threshold, largest first: what
+        :func:`~facerank.faces.find.find_faces` asks for when :meth:`detect` found none, for
+        the landmark net to verify."""
+        if self.unsure_floor is None or self.unsure_floor >= self.min_confidence:
+            return []
+        found = self._locate(image, self.unsure_floor)
+        return self._detections(image, [(r, s) for r, s in found if s < self.min_confidence])
+
+    def _detections(
+        self, image: np.ndarray, found: list[tuple[FloatBox, float]]
+    ) -> list[Detection]:
+        """``found`` as detections at least ``min_face_size`` wide, largest first."""
+        height, width = image.shape[:2]
         detections = [
             Detection(
                 box=_pixel_box(region, width, height),
@@ -185,11 +211,15 @@ class SsdFaceDetector:
         detections.sort(key=lambda d: (-d.area, d.box[1], d.box[0]))
         return detections[: self.max_faces]
 
-    def _locate(self, image: np.ndarray) -> list[tuple[FloatBox, float]]:
-        """face-api's ``locateFaces``: kept boxes in ``image``'s pixels, with their scores."""
+    def _locate(
+        self, image: np.ndarray, threshold: float | None = None
+    ) -> list[tuple[FloatBox, float]]:
+        """face-api's ``locateFaces``: kept boxes in ``image``'s pixels, with their scores
+        (above ``threshold``, by default the detector's own)."""
         height, width = image.shape[:2]
         boxes, scores = self.predict(ssd_input(image)[None])
-        kept = non_max_suppression(boxes[0], scores[0], score_threshold=self.min_confidence)
+        floor = self.min_confidence if threshold is None else threshold
+        kept = non_max_suppression(boxes[0], scores[0], score_threshold=floor)
         return [(image_box(boxes[0][i], width, height), float(scores[0][i])) for i in kept]
 
     def _locate_zoomed_out(self, image: np.ndarray, margin: float) -> list[tuple[FloatBox, float]]:

@@ -1,0 +1,210 @@
+"""LFW pairs: what each choice of the landmark chip is worth, faces found once for all.
+
+    .venv/bin/python bench/ablate_lfw_alignment.py --images DIR --pairs-train TRAIN.txt \\
+        --pairs-test TEST.txt
+
+Needs the default pipeline's models (the SSD detector, the landmark net, dlib-r34-v1: converted
+into the facerank cache on first run) and LFW-style pairs files and images (``facerank eval
+--pairs`` documents the layout). Every image's largest face and its landmarks are found once
+(:func:`facerank.faces.find.find_faces`, as the pipeline finds them, the rescue of unsure faces
+included); then each variant builds its 150 px chips its own way, is embedded with the
+descriptor and scored by LFW's protocol (threshold fitted on the training pairs, test accuracy
+with a pair whose face was missed counted wrong):
+
+* ``dlib68``: the product, dlib's chip rule for a 68-point shape (33 landmarks);
+* ``dlib5``: dlib's rule for a 5-point shape, on the same landmarks;
+* ``*-verified``: landmarks failing :func:`~facerank.faces.landmarks.plausible` (bounds measured
+  on Haar boxes) align on the box's fixed eye positions instead, as SSD faces did before;
+* ``dlib68-no-rescue``: ``dlib68`` with the rescued faces counted as missed.
+
+Prints a table and writes ``bench/results/lfw-alignment-ablation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facerank.descriptor.landmarks import ensure_landmark_model
+from facerank.descriptor.pretrained import ensure_pretrained
+from facerank.descriptor.ssd import ensure_ssd_model
+from facerank.embedding import Embedder, load_embedder
+from facerank.evaluation.pairs import ImageRef, PairsFile, read_pairs
+from facerank.evaluation.verification import fit_threshold
+from facerank.faces import DLIB_CHIP_150, Detection, LandmarkLocator, align_face
+from facerank.faces.align import similarity_transform
+from facerank.faces.find import FoundFace, find_faces
+from facerank.faces.landmarks import (
+    DLIB_FIVE_FROM_68,
+    DLIB_FIVE_TEMPLATE,
+    fitted_chip_transform,
+    landmark_chip,
+    plausible,
+)
+from facerank.imaging import read_image_file
+from facerank.pipeline import detector_from_settings, ordered_map
+from facerank.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results" / "lfw-alignment-ablation.json"
+
+ChipRule = Callable[[np.ndarray, FoundFace], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Face:
+    pixels: np.ndarray
+    found: FoundFace
+    rescued: bool
+
+
+def dlib68(pixels: np.ndarray, face: FoundFace) -> np.ndarray:
+    return align_face(pixels, face.detection, DLIB_CHIP_150, "landmarks", face.landmarks).chip
+
+
+def dlib5(pixels: np.ndarray, face: FoundFace) -> np.ndarray:
+    assert face.landmarks is not None
+    five = face.landmarks[list(DLIB_FIVE_FROM_68)]
+    return _warp(pixels, face.detection, fitted_chip_transform(DLIB_FIVE_TEMPLATE, five))
+
+
+def verified(rule: ChipRule) -> ChipRule:
+    """``rule``, unless the landmarks fail the plausibility bounds: then the box's eyes."""
+
+    def chip(pixels: np.ndarray, face: FoundFace) -> np.ndarray:
+        assert face.landmarks is not None
+        if plausible(landmark_chip(face.landmarks), face.detection.box):
+            return rule(pixels, face)
+        eyes = (DLIB_CHIP_150.left_eye, DLIB_CHIP_150.right_eye)
+        return _warp(pixels, face.detection, similarity_transform(face.detection.box_eyes(), eyes))
+
+    return chip
+
+
+def _warp(pixels: np.ndarray, detection: Detection, matrix: np.ndarray) -> np.ndarray:
+    """The chip of ``matrix``, warped as :func:`align_face` warps (through its eyes mode)."""
+    inverse = np.vstack([matrix, (0, 0, 1)])
+    eyes = np.array([[*DLIB_CHIP_150.left_eye, 1.0], [*DLIB_CHIP_150.right_eye, 1.0]])
+    left, right = (np.linalg.solve(inverse, eye)[:2] for eye in eyes)
+    posed = Detection(detection.box, detection.confidence, ((*left,), (*right,)), "ssd")
+    return align_face(pixels, posed, DLIB_CHIP_150, "eyes").chip
+
+
+RULES: dict[str, tuple[ChipRule, bool]] = {
+    "dlib68": (dlib68, True),
+    "dlib5": (dlib5, True),
+    "dlib68-verified": (verified(dlib68), True),
+    "dlib5-verified": (verified(dlib5), True),
+    "dlib68-no-rescue": (dlib68, False),
+}
+"""Each variant: its chip rule, and whether rescued faces count."""
+
+
+def find_all(images: Path, refs: list[ImageRef], settings: Settings) -> dict[ImageRef, Face]:
+    detector = detector_from_settings(settings)
+    locator = LandmarkLocator(ensure_landmark_model(settings))
+    threshold = getattr(detector, "min_confidence", 0.0)
+
+    def find(ref: ImageRef) -> Face | None:
+        pixels = read_image_file(images / ref.relative).pixels
+        found = find_faces(pixels, detector, locator)
+        if not found or found[0].landmarks is None:
+            return None
+        return Face(pixels, found[0], found[0].detection.confidence < threshold)
+
+    faces = {}
+    for done, (ref, face) in enumerate(
+        zip(refs, ordered_map(find, refs, workers=os.cpu_count() or 1), strict=True)
+    ):
+        if face is not None:
+            faces[ref] = face
+        if (done + 1) % 500 == 0:
+            print(f"found faces in {done + 1} of {len(refs)} images", flush=True)
+    return faces
+
+
+def score(
+    faces: dict[ImageRef, Face],
+    embedder: Embedder,
+    rule: ChipRule,
+    rescue: bool,
+    train: PairsFile,
+    test: PairsFile,
+) -> dict[str, Any]:
+    kept = {ref: face for ref, face in faces.items() if rescue or not face.rescued}
+    refs = list(kept)
+    vectors = embedder.embed(np.stack([rule(kept[r].pixels, kept[r].found) for r in refs]))
+    row = {ref: i for i, ref in enumerate(refs)}
+
+    def distances(pairs: PairsFile) -> tuple[np.ndarray, np.ndarray]:
+        found = [(p.left in row and p.right in row) for p in pairs.pairs]
+        d = np.array(
+            [
+                float(np.linalg.norm(vectors[row[p.left]] - vectors[row[p.right]]))
+                if ok
+                else np.nan
+                for p, ok in zip(pairs.pairs, found, strict=True)
+            ]
+        )
+        return d, np.array([p.same for p in pairs.pairs])
+
+    threshold = fit_threshold(*distances(train))
+    d, same = distances(test)
+    found = ~np.isnan(d)
+    correct = found & ((d <= threshold) == same)
+    return {
+        "accuracy": float(correct.mean()),
+        "accuracy_found": float(correct[found].mean()),
+        "threshold": threshold,
+        "test_pairs_missed": int((~found).sum()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--pairs-train", type=Path, required=True)
+    parser.add_argument("--pairs-test", type=Path, required=True)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    settings = Settings.from_env()
+    ensure_ssd_model(settings)
+    embedder = load_embedder(str(ensure_pretrained(settings)))
+    train, test = read_pairs(args.pairs_train), read_pairs(args.pairs_test)
+    refs = sorted({*train.images, *test.images})
+    faces = find_all(args.images, refs, settings)
+    variants = {
+        name: score(faces, embedder, rule, rescue, train, test)
+        for name, (rule, rescue) in RULES.items()
+    }
+    results = {
+        "images": len(refs),
+        "faces": len(faces),
+        "rescued": sum(face.rescued for face in faces.values()),
+        "model_version": embedder.model_version,
+        "train": str(args.pairs_train),
+        "test": str(args.pairs_test),
+        "variants": variants,
+        "seconds": time.perf_counter() - started,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+    }
+    print(f"{'variant':<18} {'accuracy':>9} {'found only':>11} {'threshold':>10}")
+    for name, v in variants.items():
+        print(
+            f"{name:<18} {v['accuracy']:>9.2%} {v['accuracy_found']:>11.2%} {v['threshold']:>10.4f}"
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
