@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--samples", type=Path, help="face-api's demo/ folder")
     parser.add_argument("--boxes", type=Path, help="draw the sample photos' boxes here")
     args = parser.parse_args()
-    settings = Settings.from_env({})
+    settings = Settings.from_env()  # the user's model cache, FACERANK_CACHE_DIR included
     ssd = detector_from_settings(settings)
     haar = HaarFaceDetector()
     if isinstance(ssd, HaarFaceDetector):

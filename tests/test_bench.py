@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from facerank.settings import Settings
 from tests.plugins.enroller import lfw_photo
-from tests.plugins.faces import encode, variant
+from tests.plugins.faces import DETECTABLE_FACES, encode, face_shot, paste_faces, variant
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
@@ -49,6 +50,21 @@ def run_bench(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [written] = (copy / "bench" / "results").glob("*.json")
     return json.loads(written.read_text(encoding="utf-8"))
+
+
+def lfw_people(images: Path, lfw_faces: np.ndarray, people: int, photos: int) -> Path:
+    """``images/<Name>/<Name>_NNNN.jpg``, LFW's layout: ``people`` people (sorted by name in
+    the order of :data:`DETECTABLE_FACES`, Haar finds every shot, the faces repeat after
+    eight), ``photos`` re-shots each."""
+    rng = np.random.default_rng(7)
+    for p in range(people):
+        name = f"Person_{p:02d}"
+        (images / name).mkdir(parents=True)
+        face = lfw_faces[DETECTABLE_FACES[p % len(DETECTABLE_FACES)]]
+        for n in range(1, photos + 1):
+            shot = face_shot(face, rng, flip=False)
+            (images / name / f"{name}_{n:04d}.jpg").write_bytes(encode(shot, "JPEG", quality=90))
+    return images
 
 
 def face_folders(root: Path, lfw_faces: np.ndarray, people: int, photos: int) -> Path:
@@ -171,3 +187,67 @@ def test_finetune_att(tmp_path: Path, lfw_faces: np.ndarray, pretrained_settings
     )
     assert results["faces"]["train"] > 0
     assert set(results["fine_tuned"]) == {"semihard"}
+
+
+def test_survey_detectors(
+    tmp_path: Path, astronaut: np.ndarray, lfw_faces: np.ndarray, fetched_settings: Settings
+) -> None:
+    """AT&T's layout (grey PGM re-shots of the astronaut, which the SSD finds with plausible
+    landmarks), a small LFW folder and one group photo as face-api's samples."""
+    rng = np.random.default_rng(11)
+    att = tmp_path / "att"
+    for person in ("s1", "s2"):
+        (att / person).mkdir(parents=True)
+        for n in (1, 2):
+            grey = np.asarray(Image.fromarray(variant(astronaut, rng)).convert("L"))
+            (att / person / f"{n}.pgm").write_bytes(encode(grey, "PPM"))
+    lfw = lfw_people(tmp_path / "lfw", lfw_faces, people=2, photos=1)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    group = paste_faces(astronaut, [1.0, 0.7], (400, 600))
+    (samples / "sample1.jpg").write_bytes(encode(group, "JPEG", quality=90))
+    boxes = tmp_path / "boxes"
+    results = run_bench(
+        tmp_path,
+        "survey_detectors.py",
+        *("--att", str(att), "--lfw", str(lfw), "--samples", str(samples), "--boxes", str(boxes)),
+        env={"FACERANK_CACHE_DIR": str(fetched_settings.cache_dir)},
+    )
+    assert results["att"]["images"] == 4
+    assert results["att"]["ssd_found"] == 4
+    assert results["att"]["ssd_box_eyes_from"] > 0
+    assert len(results["att"]["ssd_box_left_eye"]) == 2
+    assert len(results["att"]["ssd_eye_span_of_width"]) == 2
+    assert set(results["non_face_highest_ssd_score"]) >= {"coffee", "chelsea"}
+    assert set(results["samples"]["sample1.jpg"]) == {"haar", "ssd"}
+    assert (boxes / "sample1.png").is_file()
+    assert results["lfw_view1"]["images"] == 2
+    assert {"haar_no_face", "ssd_no_face"} <= set(results["lfw_view1"])
+
+
+def test_bench_openset(
+    tmp_path: Path, lfw_faces: np.ndarray, pretrained_settings: Settings
+) -> None:
+    """Fourteen people with three photos (Haar finds them): seven enrolled with two rows each,
+    so the gallery has the impostor similarities the tail fit needs (at least 50). One
+    person with two photos and one with six are outside the 3-5 photos the script takes."""
+    images = lfw_people(tmp_path / "data" / "lfw_view1" / "images", lfw_faces, 14, 3)
+    for name, photos in (("Zz_Two", 2), ("Zz_Six", 6)):
+        (images / name).mkdir()
+        for n in range(1, photos + 1):
+            shutil.copy(
+                images / "Person_00" / "Person_00_0001.jpg", images / name / f"{name}_{n:04d}.jpg"
+            )
+    env = {
+        "FACERANK_CACHE_DIR": str(pretrained_settings.cache_dir),
+        "FACERANK_BENCH_DATA": str(tmp_path / "data"),
+    }
+    results = run_bench(tmp_path, "bench_openset.py", "--far", "0.05", env=env)
+    assert results["gallery_identities"] == 7
+    assert results["gallery_faces"] == 14
+    assert results["enrolled_queries"] == results["stranger_queries"] == 7
+    assert set(results["fits"]) == {"moments (before)", "maximum likelihood (now)"}
+    for fit in results["fits"].values():
+        assert 0.0 < fit["threshold"] <= 0.4
+        assert 0.0 <= fit["identification_accuracy"] <= 1.0
+        assert 0.0 <= fit["stranger_false_match_rate"] <= 1.0
