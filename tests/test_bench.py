@@ -24,6 +24,7 @@ from PIL import Image
 from facerank.settings import Settings
 from tests.plugins.enroller import lfw_photo
 from tests.plugins.faces import DETECTABLE_FACES, encode, face_shot, paste_faces, variant
+from tests.plugins.pretrained import EXPORTED_DESCRIPTOR
 
 pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
@@ -50,6 +51,14 @@ def run_bench(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [written] = (copy / "bench" / "results").glob("*.json")
     return json.loads(written.read_text(encoding="utf-8"))
+
+
+def merged_cache(tmp_path: Path, *sources: Settings) -> Path:
+    """One model cache holding what each of ``sources``' caches holds."""
+    cache = tmp_path / "cache"
+    for settings in sources:
+        shutil.copytree(settings.cache_dir, cache, dirs_exist_ok=True)
+    return cache
 
 
 def lfw_people(images: Path, lfw_faces: np.ndarray, people: int, photos: int) -> Path:
@@ -187,6 +196,26 @@ def test_finetune_att(tmp_path: Path, lfw_faces: np.ndarray, pretrained_settings
     )
     assert results["faces"]["train"] > 0
     assert set(results["fine_tuned"]) == {"semihard"}
+
+
+def test_bench_descriptors(
+    tmp_path: Path, pretrained_settings: Settings, descriptor_settings: Settings
+) -> None:
+    """The exported human-models descriptor (one: each export costs a minute) beside dlib."""
+    cache = merged_cache(tmp_path, pretrained_settings, descriptor_settings)
+    results = run_bench(
+        tmp_path,
+        "bench_descriptors.py",
+        *("--repeat", "1", "--batch", "8", "--models", EXPORTED_DESCRIPTOR),
+        env={"FACERANK_CACHE_DIR": str(cache)},
+    )
+    assert set(results["models"]) == {"dlib-r34-v1", EXPORTED_DESCRIPTOR}
+    dlib = results["models"]["dlib-r34-v1"]
+    assert dlib["batched_ratio_to_dlib"] == dlib["single_ratio_to_dlib"] == 1.0
+    assert all(
+        figures["dim"] > 0 and figures["batched_ms_per_face"] > 0
+        for figures in results["models"].values()
+    )
 
 
 def test_survey_detectors(
