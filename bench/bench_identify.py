@@ -1,13 +1,15 @@
 """Identify on upload under ``facerank up``, end to end: accuracy, strangers, groups, latency.
 
     .venv/bin/python bench/bench_identify.py [--datasets att,lfw] [--latency-photos 100]
+        [--att-people 40] [--att-photos 10]
 
 Development data only (``../shared/data``), never committed. For each data set, a fresh
 ``facerank up`` (the pretrained descriptor from the user's model cache, every component its own
 process) is given:
 
 * AT&T (40 people x 10): photos 1-5 of s1-s20 dropped into ``faces/<person>/``; photos 6-10 of
-  all 40 people dropped into the queries bucket;
+  all 40 people dropped into the queries bucket (``--att-people`` and ``--att-photos`` take
+  fewer, halved the same way: a smoke run's sizes, never a figure to quote);
 * LFW View 1: it has nobody with 10 photos (8 at most), so people with at least 6 are taken,
   sorted by name: the first half enrolled with their first 3 photos, every later photo of
   everyone (enrolled or not) is a query.
@@ -50,6 +52,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +98,17 @@ class Split:
         return {p.person for p in self.enrolled}
 
 
-def att_split() -> Split:
+def att_split(people: int = 40, photos: int = 10) -> Split:
+    """The first half of ``people`` enrolled with the first half of their ``photos``."""
     root = DATA / "att_faces"
     enrolled, queries = [], []
-    for number in range(1, 41):
+    for number in range(1, people + 1):
         person = f"s{number}"
-        for index in range(1, 11):
+        for index in range(1, photos + 1):
             photo = Photo(person, root / person / f"{index:02d}.pgm", f"{index:02d}.png")
-            if index <= 5 and number <= 20:
+            if index <= photos // 2 and number <= people // 2:
                 enrolled.append(photo)
-            elif index > 5:
+            elif index > photos // 2:
                 queries.append(photo)
     return Split("att", enrolled, queries)
 
@@ -250,7 +254,7 @@ def run_split(split: Split, latency_photos: int) -> dict[str, Any]:
 def calibration(buckets: Path, results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The model's pair threshold and the open-set one the predictor derives for this gallery
     (``facerank/openset.py``, ``FACERANK_OPEN_SET_FAR``), computed as the predictor does."""
-    settings = Settings(data_dir=buckets.parent)
+    settings = Settings.from_env(data_dir=buckets.parent)  # the model cache up was given
     store = FolderStore(buckets)
     version = next(r["model_version"] for r in results.values() if "model_version" in r)
     matrix = Gallery(store, "gallery").matrix(version)
@@ -393,8 +397,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="att,lfw")
     parser.add_argument("--latency-photos", type=int, default=100)
+    parser.add_argument("--att-people", type=int, default=40, help="AT&T's s1 ... sN")
+    parser.add_argument("--att-photos", type=int, default=10, help="AT&T's photos 1 ... N")
     args = parser.parse_args(argv)
-    splits = {"att": att_split, "lfw": lfw_split}
+    splits = {"att": partial(att_split, args.att_people, args.att_photos), "lfw": lfw_split}
     figures = []
     for name in args.datasets.split(","):
         started = time.monotonic()
@@ -404,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = {
         "command": "bench/bench_identify.py " + " ".join(argv or sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "model": pipeline_label(Settings()),
+        "model": pipeline_label(Settings.from_env()),
         "results": figures,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -280,3 +280,42 @@ def test_bench_openset(
         assert 0.0 < fit["threshold"] <= 0.4
         assert 0.0 <= fit["identification_accuracy"] <= 1.0
         assert 0.0 <= fit["stranger_false_match_rate"] <= 1.0
+
+
+def test_bench_identify(
+    tmp_path: Path, lfw_faces: np.ndarray, pretrained_settings: Settings
+) -> None:
+    """Both data sets through a real ``facerank up`` (Haar, the pretrained descriptor): AT&T
+    shrunk to four people with two photos, LFW to two people with six (the least it takes)."""
+    data = tmp_path / "data"
+    att = data / "att_faces"
+    rng = np.random.default_rng(13)
+    for p in range(4):
+        (att / f"s{p + 1}").mkdir(parents=True)
+        face = lfw_faces[DETECTABLE_FACES[p]]
+        for n in (1, 2):
+            grey = face_shot(face, rng, flip=False)[..., 0]
+            (att / f"s{p + 1}" / f"{n:02d}.pgm").write_bytes(encode(grey, "PPM"))
+    lfw_people(data / "lfw_view1" / "images", lfw_faces, people=2, photos=6)
+    env = {
+        "FACERANK_CACHE_DIR": str(pretrained_settings.cache_dir),
+        "FACERANK_BENCH_DATA": str(data),
+    }
+    results = run_bench(
+        tmp_path,
+        "bench_identify.py",
+        *("--att-people", "4", "--att-photos", "2", "--latency-photos", "3"),
+        env=env,
+    )
+    att_figures, lfw_figures = results["results"]
+    assert (att_figures["dataset"], lfw_figures["dataset"]) == ("att", "lfw")
+    assert (att_figures["enrolled_photos"], att_figures["queries"]) == (2, 4)
+    assert (lfw_figures["enrolled_photos"], lfw_figures["queries"]) == (3, 6)
+    for figures in (att_figures, lfw_figures):
+        assert figures["enrolled_records"] == figures["enrolled_photos"]
+        assert figures["latency_photos"] == 3
+        assert figures["latency_p50_s"] > 0
+        assert 0.0 <= figures["identification_accuracy"] <= 1.0
+        assert figures["stranger_false_match_rate"] is not None
+        assert len(figures["thresholds"]) == 2
+        assert len(figures["curve"]) == 21
