@@ -580,7 +580,8 @@ def lance_figures(work: Path, faces: int) -> dict[str, Any]:
 
 def enroll_cost(store_specs: dict[str, str], photos: int) -> dict[str, Any]:
     """Per photo: decode + detect + embed by the default model, then the gallery writes."""
-    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="facerank-bench-")))
+    # the user's settings (model cache included) on a scratch data folder
+    settings = Settings.from_env(data_dir=Path(tempfile.mkdtemp(prefix="facerank-bench-")))
     pipeline = FacePipeline.from_settings(settings)
     photo = cv2.imencode(".jpg", cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))[1].tobytes()
     analysis: list[float] = []
@@ -695,7 +696,7 @@ def reembed_figures(work: Path, records: int, models: list[str]) -> dict[str, An
     index repair. The load average is recorded beside the rates: on two cores a second process
     only gains when the other core is idle.
     """
-    settings = Settings(data_dir=work / "reembed")
+    settings = Settings.from_env(data_dir=work / "reembed")  # the user's model cache
     store = FolderStore(settings.buckets_dir)
     _, identities, vectors = synthetic_gallery(records, DIM)
     figures: dict[str, Any] = {"records": records, "store": "folder", "load_average": []}

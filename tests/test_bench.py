@@ -37,7 +37,9 @@ def run_bench(
     """Run ``bench/<script>`` from a scratch copy; the JSON it wrote (the only one)."""
     copy = tmp_path / "checkout"
     shutil.copytree(ROOT / "bench", copy / "bench", ignore=shutil.ignore_patterns("results"))
-    for shared in ("tests", "pyproject.toml"):  # bench/fuzz.py runs tests from its checkout
+    # bench/fuzz.py runs tests from its checkout; bench_gallery_scale.py reads today's code
+    # from the git history
+    for shared in ("tests", "pyproject.toml", ".git"):
         (copy / shared).symlink_to(ROOT / shared)
     done = subprocess.run(
         [sys.executable, str(copy / "bench" / script), *args],
@@ -319,3 +321,38 @@ def test_bench_identify(
         assert figures["stranger_false_match_rate"] is not None
         assert len(figures["thresholds"]) == 2
         assert len(figures["curve"]) == 21
+
+
+def test_bench_gallery_scale(tmp_path: Path, pretrained_settings: Settings) -> None:
+    """Every section at toy sizes: on the folder store a gallery with records (today's code
+    beside it) and one index only, on S3 (moto) index only; the approximate search, LanceDB
+    and the re-embedding rate (lbp-v0, the cheap model: the code path is the model's own)."""
+    results = run_bench(
+        tmp_path,
+        "bench_gallery_scale.py",
+        *("--sizes", "60", "--stores", "folder,s3", "--records", "30", "--s3-records", "0"),
+        *("--photos", "1", "--enroll-at", "20", "--lancedb", "60"),
+        *("--reembed", "3", "--reembed-models", "lbp-v0"),
+        env={"FACERANK_CACHE_DIR": str(pretrained_settings.cache_dir)},
+    )
+    rows = {(row["store"], row["faces"]): row for row in results["scale"]}
+    assert set(rows) == {("folder", 30), ("folder", 60), ("s3", 60)}
+    assert "today" in rows["folder", 30]
+    assert "today" not in rows["folder", 60]
+    for row in rows.values():
+        new = row["new"]
+        assert new["enrollment_served"]
+        assert new["removal_served"]
+        assert new["queries"]["same_answers"]
+        assert {"cold_start_s", "rss_mb", "idle_poll_ms"} <= set(new)
+    cost = results["enroll_cost"]
+    assert cost["model"] == "dlib-r34-v1"
+    assert {"folder_new_ratio", "folder_today_ratio", "s3_new_ratio", "s3_today_ratio"} <= set(cost)
+    assert results["enroll_at_scale"]["indexed"] == 20
+    assert results["enroll_at_scale"]["ratio"] > 0
+    assert 0.0 <= results["approximate"]["recall_at_10"] <= 1.0
+    [lance] = results["lancedb"]
+    assert lance["faces"] == 60
+    reembed = results["reembed"]
+    assert reembed["records"] == 3
+    assert {"lbp-v0_speedup", "lbp-v0_steady_speedup"} <= set(reembed)
