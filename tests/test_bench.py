@@ -5,6 +5,15 @@ scratch folder so the committed ``bench/results/*.json`` stay untouched, and mus
 results file with the figures the README quotes. The sizes prove the code paths, not speed:
 no figure from here means anything (``bench/results`` holds the real runs). Marked ``bench``:
 ``-m "not bench"`` leaves them out of a quick run.
+
+Every script has its test here but the two helpers, covered through their users:
+``predict_server.py`` runs as ``bench_predict.py``'s servers (both searches, its bench
+embedder included) and lends ``bench_gallery_scale.py`` its synthetic gallery;
+``sidebyside.py``'s ``Ratio`` and ``time_pair`` feed ``bench_predict.py``,
+``bench_alignment.py``, ``bench_grpc_startup.py`` and ``bench_training.py``. Scripts that read
+development data (``FACERANK_BENCH_DATA``, AT&T's and LFW's layouts) get a generated stand-in
+folder from their test, never ``/work/shared``; those that need models get the session's
+converted caches (``tests/plugins/pretrained.py``) through ``FACERANK_CACHE_DIR``.
 """
 
 from __future__ import annotations
@@ -64,9 +73,9 @@ def merged_cache(tmp_path: Path, *sources: Settings) -> Path:
 
 
 def lfw_people(images: Path, lfw_faces: np.ndarray, people: int, photos: int) -> Path:
-    """``images/<Name>/<Name>_NNNN.jpg``, LFW's layout: ``people`` people (sorted by name in
-    the order of :data:`DETECTABLE_FACES`, Haar finds every shot, the faces repeat after
-    eight), ``photos`` re-shots each."""
+    """``images/<Name>/<Name>_NNNN.jpg``, LFW's layout: ``people`` people, ``photos`` re-shots
+    each of a face Haar finds in every shot. Sorted by name, person ``p`` shows
+    ``DETECTABLE_FACES[p % 8]``: the first eight people are eight different faces."""
     rng = np.random.default_rng(7)
     for p in range(people):
         name = f"Person_{p:02d}"
@@ -246,6 +255,9 @@ def test_survey_detectors(
     )
     assert results["att"]["images"] == 4
     assert results["att"]["ssd_found"] == 4
+    assert {"haar_found", "ssd_more_than_one", "ssd_score_min", "ssd_score_p01"} <= set(
+        results["att"]
+    )
     assert results["att"]["ssd_box_eyes_from"] > 0
     assert len(results["att"]["ssd_box_left_eye"]) == 2
     assert len(results["att"]["ssd_eye_span_of_width"]) == 2
@@ -282,6 +294,7 @@ def test_bench_openset(
         assert 0.0 < fit["threshold"] <= 0.4
         assert 0.0 <= fit["identification_accuracy"] <= 1.0
         assert 0.0 <= fit["stranger_false_match_rate"] <= 1.0
+        assert 0 <= fit["false_matches"] <= 7
 
 
 def test_bench_identify(
@@ -316,7 +329,9 @@ def test_bench_identify(
     for figures in (att_figures, lfw_figures):
         assert figures["enrolled_records"] == figures["enrolled_photos"]
         assert figures["latency_photos"] == 3
-        assert figures["latency_p50_s"] > 0
+        assert 0 < figures["latency_p50_s"] <= figures["latency_p95_s"]
+        assert figures["unknown_faces"] >= figures["unknown_groups"] > 0
+        assert {"group_pairwise_precision", "group_pairwise_recall"} <= set(figures)
         assert 0.0 <= figures["identification_accuracy"] <= 1.0
         assert figures["stranger_false_match_rate"] is not None
         assert len(figures["thresholds"]) == 2
