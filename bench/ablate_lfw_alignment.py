@@ -40,8 +40,8 @@ from facerank.descriptor.ssd import ensure_ssd_model
 from facerank.embedding import Embedder, load_embedder
 from facerank.evaluation.pairs import ImageRef, PairsFile, read_pairs
 from facerank.evaluation.verification import fit_threshold
-from facerank.faces import DLIB_CHIP_150, Detection, LandmarkLocator, align_face
-from facerank.faces.align import similarity_transform
+from facerank.faces import DLIB_CHIP_150, LandmarkLocator, align_face
+from facerank.faces.align import similarity_transform, warp_chip
 from facerank.faces.find import FoundFace, find_faces
 from facerank.faces.landmarks import (
     DLIB_FIVE_FROM_68,
@@ -73,7 +73,8 @@ def dlib68(pixels: np.ndarray, face: FoundFace) -> np.ndarray:
 def dlib5(pixels: np.ndarray, face: FoundFace) -> np.ndarray:
     assert face.landmarks is not None
     five = face.landmarks[list(DLIB_FIVE_FROM_68)]
-    return _warp(pixels, face.detection, fitted_chip_transform(DLIB_FIVE_TEMPLATE, five))
+    matrix = fitted_chip_transform(DLIB_FIVE_TEMPLATE, five)
+    return warp_chip(pixels, face.detection, matrix, DLIB_CHIP_150)
 
 
 def verified(rule: ChipRule) -> ChipRule:
@@ -84,18 +85,10 @@ def verified(rule: ChipRule) -> ChipRule:
         if plausible(landmark_chip(face.landmarks), face.detection.box):
             return rule(pixels, face)
         eyes = (DLIB_CHIP_150.left_eye, DLIB_CHIP_150.right_eye)
-        return _warp(pixels, face.detection, similarity_transform(face.detection.box_eyes(), eyes))
+        matrix = similarity_transform(face.detection.box_eyes(), eyes)
+        return warp_chip(pixels, face.detection, matrix, DLIB_CHIP_150)
 
     return chip
-
-
-def _warp(pixels: np.ndarray, detection: Detection, matrix: np.ndarray) -> np.ndarray:
-    """The chip of ``matrix``, warped as :func:`align_face` warps (through its eyes mode)."""
-    inverse = np.vstack([matrix, (0, 0, 1)])
-    eyes = np.array([[*DLIB_CHIP_150.left_eye, 1.0], [*DLIB_CHIP_150.right_eye, 1.0]])
-    left, right = (np.linalg.solve(inverse, eye)[:2] for eye in eyes)
-    posed = Detection(detection.box, detection.confidence, ((*left,), (*right,)), "ssd")
-    return align_face(pixels, posed, DLIB_CHIP_150, "eyes").chip
 
 
 RULES: dict[str, tuple[ChipRule, bool]] = {

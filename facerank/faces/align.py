@@ -105,8 +105,18 @@ def align_face(
     pixels), which costs embedders accuracy.
     """
     matrix, method = chip_transform(detection, spec, mode, landmarks)
+    return AlignedFace(
+        chip=warp_chip(image, detection, matrix, spec), method=method, transform=matrix
+    )
+
+
+def warp_chip(
+    image: np.ndarray, detection: Detection, matrix: np.ndarray, spec: ChipSpec
+) -> np.ndarray:
+    """``detection``'s face warped by the image -> chip ``matrix`` into a ``spec`` chip, large
+    faces shrunk first (:func:`align_face`'s warp, for a transform found another way)."""
     source, source_matrix = _shrink_source(image, detection, matrix)
-    chip = cv2.warpAffine(
+    return cv2.warpAffine(
         source,
         source_matrix,
         (spec.size, spec.size),
@@ -114,7 +124,6 @@ def align_face(
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=(0, 0, 0),
     )
-    return AlignedFace(chip=chip, method=method, transform=matrix)
 
 
 def chip_transform(
