@@ -25,11 +25,13 @@ from facerank.faces import AlignedFace, AlignMode, Detection, FaceDetector, Haar
 from facerank.faces.align import ChipSpec, align_face
 from facerank.faces.detect import HAAR_MIN_CONFIDENCE
 from facerank.faces.find import find_faces
+from facerank.faces.hog import HogFaceDetector
 from facerank.faces.landmarks import LandmarkLocator
+from facerank.faces.primary import choose_faces
 from facerank.faces.ssd import SSD_MIN_CONFIDENCE, SSD_UNSURE_CONFIDENCE, SsdFaceDetector
 from facerank.imaging import DecodedImage, decode_image, read_image_file
 from facerank.registry.locate import default_model, load_model
-from facerank.settings import Settings
+from facerank.settings import EnrollFaces, Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,16 @@ class ImageFaces:
     width: int
     height: int
     faces: list[Face]
+
+    def chosen(self, policy: EnrollFaces) -> list[Face]:
+        """The faces ``policy`` (``FACERANK_ENROLL_FACES``) keeps of this photo."""
+        return choose_faces(self.faces, policy, self.width, self.height)
+
+    def subject(self, policy: EnrollFaces = "primary") -> Face | None:
+        """The one face that stands for the photo where only one can (``facerank embed``,
+        training data): the one ``policy`` enrolls, the primary one when it enrolls all."""
+        chosen = self.chosen("largest" if policy == "largest" else "primary")
+        return chosen[0] if chosen else None
 
 
 @dataclass(frozen=True)
@@ -157,8 +169,10 @@ def detector_from_settings(
     settings: Settings, *, min_face_size: int | None = None, max_faces: int | None = None
 ) -> FaceDetector:
     """The detector ``settings.detector`` names, configured by the detection settings (or the
-    overrides given). ``ssd`` whose model is not set up detects with Haar instead, saying so
-    once per process, as nothing is downloaded or converted while serving."""
+    overrides given). ``ssd`` asks dlib's HOG detector for a second opinion on a photo where
+    it finds no face, unless the threshold was set (it is then taken literally). ``ssd`` whose
+    model is not set up detects with Haar instead, saying so once per process, as nothing is
+    downloaded or converted while serving."""
     size = settings.min_face_size if min_face_size is None else min_face_size
     count = settings.max_faces if max_faces is None else max_faces
     threshold = settings.min_face_confidence
@@ -173,6 +187,9 @@ def detector_from_settings(
                 max_faces=count,
                 min_confidence=SSD_MIN_CONFIDENCE if threshold is None else threshold,
                 unsure_floor=SSD_UNSURE_CONFIDENCE if threshold is None else None,
+                fallback=HogFaceDetector(min_face_size=size, max_faces=count)
+                if threshold is None
+                else None,
             )
         _warn_once(
             f"the SSD face detector is not set up in {model_dir} (run `facerank models fetch`); "

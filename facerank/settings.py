@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from facerank.errors import ConfigError
 from facerank.serving import loopback_url
@@ -42,7 +42,7 @@ from facerank.serving import loopback_url
 StoreKind = Literal["folder", "s3"]
 AlignKind = Literal["landmarks", "eyes", "box"]
 DetectorKind = Literal["ssd", "haar"]
-EnrollFaces = Literal["largest", "all"]
+EnrollFaces = Literal["primary", "largest", "all"]
 TrainingBackend = Literal["local", "kubernetes"]
 
 ENV_PREFIX = "FACERANK_"
@@ -212,8 +212,10 @@ class Settings:
     reconcile_interval: int = 60
     """Seconds between reconcile passes of the event source (0: only at start)."""
 
-    enroll_faces: EnrollFaces = "largest"
-    """``largest``: enroll the largest face of a photo; ``all``: every face found."""
+    enroll_faces: EnrollFaces = "primary"
+    """``primary``: enroll the face the photo is about (large and central,
+    :func:`~facerank.faces.primary.prominence`); ``largest``: its largest face; ``all``: every
+    face found."""
 
     eventing_dir: Path = field(default_factory=lambda: _REPO_ROOT / "infra" / "base" / "eventing")
     """Knative Broker and Trigger manifests; the local broker routes by the same files."""
@@ -413,8 +415,8 @@ class Settings:
             raise ConfigError("FACERANK_IDENTIFY_TOP_K must be in 1..100")
         if self.retrain_after_enrollments < 0:
             raise ConfigError("FACERANK_RETRAIN_AFTER_ENROLLMENTS must not be negative")
-        if self.enroll_faces not in ("largest", "all"):
-            raise ConfigError("FACERANK_ENROLL_FACES must be 'largest' or 'all'")
+        if self.enroll_faces not in get_args(EnrollFaces):
+            raise ConfigError("FACERANK_ENROLL_FACES must be 'primary', 'largest' or 'all'")
         if self.reconcile_interval < 0:
             raise ConfigError("FACERANK_RECONCILE_INTERVAL must not be negative")
         if self.api_token and not _API_TOKEN.fullmatch(self.api_token):

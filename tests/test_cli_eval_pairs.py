@@ -63,7 +63,7 @@ def test_train_and_test_side_by_side(lfw: Path, tmp_path: Path) -> None:
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert markdown.startswith("# facerank eval --pairs: test.txt\n\n" + "\n".join(table[:2]))
     assert "- Threshold: fitted on train.txt.\n" in markdown
-    assert "(FACERANK_ENROLL_FACES=largest)" in markdown
+    assert "(FACERANK_ENROLL_FACES=primary)" in markdown
     assert f"- {NOT_A_FACE}/{NOT_A_FACE}_0001.jpg\n- {MISSING}/{MISSING}_0001.jpg\n" in markdown
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["protocol"]["test"]["pairs"] == 17

@@ -1,5 +1,6 @@
-"""Finding faces with their landmarks (:mod:`facerank.faces.find`), and the rescue of faces the
-SSD scores below its threshold: real SSD and landmark models, faces scikit-image ships."""
+"""Finding faces with their landmarks (:mod:`facerank.faces.find`), the rescue of faces the SSD
+scores below its threshold, and HOG's second opinion: real SSD, HOG and landmark models, faces
+scikit-image ships."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from facerank.descriptor.landmarks import landmark_model_dir
 from facerank.descriptor.ssd import ssd_model_dir
 from facerank.faces import LandmarkLocator, SsdFaceDetector
 from facerank.faces.find import find_faces
+from facerank.faces.hog import HogFaceDetector
+from facerank.faces.landmarks import plausible_chip
 from facerank.faces.ssd import SSD_UNSURE_CONFIDENCE
 from facerank.pipeline import detector_from_settings
 from facerank.settings import Settings
@@ -79,3 +82,48 @@ def test_a_threshold_the_user_sets_is_taken_literally(
     default = detector_from_settings(fetched_settings)
     assert isinstance(default, SsdFaceDetector)
     assert default.unsure_floor == SSD_UNSURE_CONFIDENCE
+    assert isinstance(default.fallback, HogFaceDetector)
+    assert detector.fallback is None
+
+
+def test_hog_gives_a_second_opinion_when_nothing_is_rescued(
+    fetched_settings: Settings, locator: LandmarkLocator, astronaut: np.ndarray
+) -> None:
+    """At 0.995 and with no unsure band the SSD has nothing to offer: HOG finds the face, the
+    landmark net locates its points in the SSD-shaped box, and the face says who found it."""
+    detector = SsdFaceDetector(
+        ssd_model_dir(fetched_settings),
+        min_confidence=0.995,
+        unsure_floor=None,
+        fallback=HogFaceDetector(),
+    )
+    assert detector.detect(astronaut) == []
+    [found] = find_faces(astronaut, detector, locator)
+    assert found.detection.detector == "hog"
+    assert found.landmarks is not None
+    assert plausible_chip(found.landmarks, found.detection.box) is not None
+    [bare] = find_faces(astronaut, detector, None)
+    assert bare.detection == found.detection
+    assert bare.landmarks is None
+
+
+def test_a_rescued_face_needs_no_second_opinion(
+    fetched_settings: Settings, locator: LandmarkLocator, astronaut: np.ndarray
+) -> None:
+    detector = SsdFaceDetector(
+        ssd_model_dir(fetched_settings),
+        min_confidence=0.995,
+        unsure_floor=SSD_UNSURE_CONFIDENCE,
+        fallback=HogFaceDetector(),
+    )
+    [found] = find_faces(astronaut, detector, locator)
+    assert found.detection.detector == "ssd"
+
+
+@pytest.mark.parametrize("name", ["coffee", "rocket"])
+def test_no_second_opinion_finds_a_face_where_there_is_none(
+    fetched_settings: Settings, locator: LandmarkLocator, name: str
+) -> None:
+    """A coffee cup, a rocket: the SSD, its unsure band and HOG all find nothing."""
+    photo = np.ascontiguousarray(getattr(skdata, name)()[..., :3])
+    assert find_faces(photo, detector_from_settings(fetched_settings), locator) == []

@@ -261,13 +261,15 @@ def test_a_given_threshold_scores_all_pairs_as_one_fold() -> None:
 
 
 def test_which_face_of_an_image_with_several() -> None:
-    """Largest first, as detectors report; ``centre`` picks the box nearest the image centre
-    (LFW centres its subject), the larger one on a tie."""
+    """Largest first, as detectors report; ``primary`` weighs size against distance from the
+    centre, as the product enrolls; ``centre`` picks the box nearest the image centre (LFW
+    centres its subject), the larger one on a tie."""
     corner = FoundFace(Detection(box=(0, 0, 120, 120), confidence=0.9), None)
     central = FoundFace(Detection(box=(130, 60, 60, 60), confidence=0.9), None)  # at (160, 90)
     mirrored = FoundFace(Detection(box=(170, 60, 60, 60), confidence=0.9), None)  # at (200, 90)
     shape = (180, 360, 3)  # image centre (180, 90): both small boxes 20 px off
     assert pick_face([corner, central, mirrored], shape, "largest") is corner
+    assert pick_face([corner, central, mirrored], shape, "primary") is central
     assert pick_face([corner, central, mirrored], shape, "centre") is central
     assert pick_face([corner, mirrored, central], shape, "centre") is mirrored
 

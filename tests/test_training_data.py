@@ -81,7 +81,7 @@ def test_gallery_export_rechips_every_enrolled_face(tmp_path: Path) -> None:
         assert dataset.identities[label] == owner.split("/")[0]
 
 
-def test_folder_export_aligns_the_largest_face_and_reports_skips(
+def test_folder_export_aligns_each_photos_face_and_reports_skips(
     tmp_path: Path, astronaut: np.ndarray
 ) -> None:
     rng = np.random.default_rng(1)

@@ -109,7 +109,7 @@ def export_folder_dataset(
     *,
     progress: bool | None = None,
 ) -> list[Skip]:
-    """The largest face of every image under ``dataset_dir/<identity>/``, aligned into
+    """The primary face of every image under ``dataset_dir/<identity>/``, aligned into
     ``chip`` by ``pipeline`` (its detector and alignment), into ``run``'s ``data/``.
 
     Images without a usable face are skipped; the skips are returned with their reasons.
@@ -123,10 +123,10 @@ def export_folder_dataset(
             return Skip(str(path), "unreadable_file", exc.strerror or str(exc))
         except FacerankError as exc:
             return Skip(str(path), exc.code, str(exc))
-        faces = pipeline.analyze(pixels).faces
-        if not faces:
+        face = pipeline.analyze(pixels).subject()
+        if face is None:
             return Skip(str(path), "no_face", "no face found")
-        return _Chip(identity, str(path), pipeline.align(pixels, faces[0], chip).chip)
+        return _Chip(identity, str(path), pipeline.align(pixels, face, chip).chip)
 
     results = ordered_map(
         lambda image: load(image.path, image.identity), images, workers=os.cpu_count() or 1

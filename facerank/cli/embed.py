@@ -1,4 +1,5 @@
-"""``facerank embed IMAGE... [--json]``: the embedding of each image's largest face.
+"""``facerank embed IMAGE... [--json]``: the embedding of each image's face, the one enrollment
+takes (``FACERANK_ENROLL_FACES``; the primary one when it takes all).
 
 Images are decoded, detected and aligned in parallel threads and their chips embedded in
 batches, so thousands of images run at the embedder's batch speed rather than one call each.
@@ -19,7 +20,7 @@ from facerank.cli.output import emit_json
 from facerank.errors import FacerankError, NoFaceError
 from facerank.pipeline import Face, FacePipeline, FileResult
 from facerank.progress import progress
-from facerank.settings import Settings
+from facerank.settings import EnrollFaces, Settings
 
 BATCH_SIZE = 64
 
@@ -27,11 +28,12 @@ BATCH_SIZE = 64
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "embed",
-        help="print the embedding of each image's largest face",
-        description="For each image, print the model version and the embedding of its largest "
-        "face. Plain output is tab-separated: path, model version, box x,y,w,h, and the "
-        "space-separated vector; failures go to stderr. With --json, one JSON object per line "
-        "on stdout: path, model_version, box, faces, embedding, or path and error.",
+        help="print the embedding of each image's face (the one enrollment takes)",
+        description="For each image, print the model version and the embedding of the face "
+        "enrollment takes (FACERANK_ENROLL_FACES; with 'all', the primary one). Plain output "
+        "is tab-separated: path, model version, box x,y,w,h, and the space-separated vector; "
+        "failures go to stderr. With --json, one JSON object per line on stdout: path, "
+        "model_version, box, faces, embedding, or path and error.",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--json", action="store_true", help="JSON Lines output")
@@ -48,7 +50,7 @@ class Embedded:
 
 
 Outcome = Embedded | tuple[Path, FacerankError]
-"""One image's result: its embedded largest face, or why it has none."""
+"""One image's result: its embedded face, or why it has none."""
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         enabled=args.progress,
     )
     failures = 0
-    for outcome in embed_largest(pipeline, results):
+    for outcome in embed_subjects(pipeline, results, settings.enroll_faces):
         failures += isinstance(outcome, tuple)
         if args.json:
             emit_json(json_record(outcome, pipeline.model_version))
@@ -69,27 +71,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
-def embed_largest(pipeline: FacePipeline, results: Iterable[FileResult]) -> Iterator[Outcome]:
-    """Embed each file's largest face in batches of ``BATCH_SIZE``, yielding in input order."""
+def embed_subjects(
+    pipeline: FacePipeline, results: Iterable[FileResult], policy: EnrollFaces
+) -> Iterator[Outcome]:
+    """Embed each file's face (:meth:`~facerank.pipeline.ImageFaces.subject` of ``policy``) in
+    batches of ``BATCH_SIZE``, yielding in input order."""
     batch: list[FileResult] = []
     faces_in_batch = 0
     for result in results:
         batch.append(result)
-        faces_in_batch += _largest_face(result) is not None
+        faces_in_batch += _subject(result, policy) is not None
         if faces_in_batch >= BATCH_SIZE:
-            yield from _embed_batch(pipeline, batch)
+            yield from _embed_batch(pipeline, batch, policy)
             batch, faces_in_batch = [], 0
-    yield from _embed_batch(pipeline, batch)
+    yield from _embed_batch(pipeline, batch, policy)
 
 
-def _largest_face(result: FileResult) -> Face | None:
-    if isinstance(result.result, FacerankError) or not result.result.faces:
+def _subject(result: FileResult, policy: EnrollFaces) -> Face | None:
+    if isinstance(result.result, FacerankError):
         return None
-    return result.result.faces[0]
+    return result.result.subject(policy)
 
 
-def _embed_batch(pipeline: FacePipeline, batch: list[FileResult]) -> Iterator[Outcome]:
-    faces = [_largest_face(r) for r in batch]
+def _embed_batch(
+    pipeline: FacePipeline, batch: list[FileResult], policy: EnrollFaces
+) -> Iterator[Outcome]:
+    faces = [_subject(r, policy) for r in batch]
     vectors = iter(pipeline.embed([f for f in faces if f is not None]))
     for result, face in zip(batch, faces, strict=True):
         if isinstance(result.result, FacerankError):

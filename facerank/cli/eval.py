@@ -101,10 +101,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--face",
         choices=get_args(FacePick),
-        default="largest",
+        default="primary",
         help="with --pairs: which face of an image with several to compare (default: the "
-        "largest, as the product enrolls; 'centre': the one nearest the image centre, where "
-        "LFW puts its subject)",
+        "primary one, as the product enrolls; 'largest': as it enrolls with "
+        "FACERANK_ENROLL_FACES=largest; 'centre': the one nearest the image centre, where LFW "
+        "puts its subject)",
     )
     parser.add_argument(
         "--out", type=Path, help="report folder (default: ./eval-<dataset>-<UTC time>/)"
@@ -125,8 +126,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.replace(match_threshold=args.threshold)  # validates it
     if args.pairs_train is not None and args.pairs is None:
         raise ConfigError("--pairs-train needs --pairs: the test pairs to score")
-    if args.face != "largest" and args.pairs is None:
-        raise ConfigError("--face applies to --pairs; identity folders compare the largest face")
+    if args.face != "primary" and args.pairs is None:
+        raise ConfigError("--face applies to --pairs; identity folders compare the primary face")
     if args.pairs is None:
         dataset = load_dataset(args.dataset)
         name = dataset.name

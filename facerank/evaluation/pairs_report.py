@@ -206,11 +206,11 @@ def _protocol_section(run: PairsRun) -> str:
         f"{run.created.isoformat(timespec='seconds')}, {run.seconds:.1f} s.",
         "Threshold: " + "; ".join(cell(s) for s in sources) + ".",
         (
-            "Each image's largest face is compared, as the product enrolls one photo "
-            "(FACERANK_ENROLL_FACES=largest)."
-            if run.face == "largest"
-            else "Each image's face nearest the image centre is compared (--face centre), "
-            "not the largest one the product enrolls."
+            "Each image's face nearest the image centre is compared (--face centre), "
+            "not the one the product enrolls."
+            if run.face == "centre"
+            else f"Each image's {run.face} face is compared, as the product enrolls one photo "
+            f"(FACERANK_ENROLL_FACES={run.face})."
         )
         + " A pair where either image has no face found, or "
         "cannot be read, counts as a wrong answer in the accuracy; the second accuracy "

@@ -1,9 +1,9 @@
 """One pairs-protocol run (``facerank eval --pairs``): every contender on the same pairs.
 
 The images the pairs name are read once per detector and alignment variant, through the same
-decode + detect + align pass as the leave-one-out mode (the largest face of each image, as the
-product enrolls with ``FACERANK_ENROLL_FACES=largest``, unless ``face="centre"`` asks for the
-one nearest the centre), and embedded once per embedder; only
+decode + detect + align pass as the leave-one-out mode (the primary face of each image, as the
+product enrolls by default, unless ``face`` asks for the largest or the one nearest the
+centre), and embedded once per embedder; only
 the pairs' distances are computed. Which threshold each contender is scored at follows LFW's
 protocol: fitted on ``--pairs-train`` when given, fitted on the other folds of a fold file,
 and otherwise the model's own calibrated threshold (or ``--threshold``), never fitted on the
@@ -93,7 +93,7 @@ def evaluate_pairs(
     limits: dict[str, int] | None = None,
     notes: Sequence[str] = (),
     progress: Progress = no_progress,
-    face: FacePick = "largest",
+    face: FacePick = "primary",
 ) -> PairsRun:
     """Score every scorer on every detector and alignment variant of the pairs' images.
 

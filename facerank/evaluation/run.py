@@ -1,7 +1,7 @@
 """One evaluation run: every contender scored on the same faces, side by side.
 
 Detection and alignment run once per detector and alignment variant, aligning each image's
-largest face into every chip layout the contenders need, and are shared by all of them: the
+primary face into every chip layout the contenders need, and are shared by all of them: the
 accuracy comparison within a variant is then about descriptors alone, and the embedding
 throughput is timed apart from detection (end-to-end images/s adds the two). Results are
 deterministic: files are read in the dataset's sorted order, the detector and aligner are
@@ -35,14 +35,16 @@ from facerank.faces import (
     align_face,
 )
 from facerank.faces.find import FoundFace, find_faces
+from facerank.faces.primary import choose_faces
 from facerank.imaging import read_image_file
 from facerank.pipeline import ordered_map
 
 T = TypeVar("T")
 
-FacePick = Literal["largest", "centre"]
-"""Which face of an image with several is evaluated: the largest, as the product enrolls a
-photo, or the one nearest the image's centre (LFW's images are centred on their subject)."""
+FacePick = Literal["primary", "largest", "centre"]
+"""Which face of an image with several is evaluated: the primary or the largest one, as the
+product enrolls a photo with ``FACERANK_ENROLL_FACES`` (:mod:`facerank.faces.primary`), or the
+one nearest the image's centre (LFW's images are centred on their subject)."""
 
 WARMUP_CHIPS = 8
 """Chips each contender embeds untimed first: a SavedModel traces its graph on the first call,
@@ -62,7 +64,7 @@ def no_progress(items: Iterable[T], *, total: int, unit: str) -> Iterable[T]:
 
 @dataclass(frozen=True)
 class DetectionPass:
-    """What one detection + alignment pass found: the largest face of each image, as chips."""
+    """What one detection + alignment pass found: the primary face of each image, as chips."""
 
     detector: str
     """The detector's name (``FACERANK_DETECTOR``'s values)."""
@@ -135,7 +137,7 @@ def evaluate(
     notes: Sequence[str] = (),
     progress: Progress = no_progress,
 ) -> EvaluationRun:
-    """Score every scorer on every detector and alignment variant of ``dataset``'s largest faces.
+    """Score every scorer on every detector and alignment variant of ``dataset``'s primary faces.
 
     ``detectors`` maps each detector's name to the detector; ``limits`` are the decoder's byte
     and pixel limits; ``threshold`` is the match threshold for every model (None: each model's
@@ -170,7 +172,7 @@ def detection_passes(
     locator: LandmarkLocator | None,
     limits: dict[str, int] | None,
     progress: Progress,
-    face: FacePick = "largest",
+    face: FacePick = "primary",
 ) -> Iterator[DetectionPass]:
     """One :func:`detect_and_align` pass per detector and alignment, in that order, each with
     the chips of every layout ``scorers`` need; one at a time, so only one pass's chips are
@@ -188,11 +190,13 @@ def detection_passes(
 
 
 def pick_face(found: Sequence[FoundFace], shape: tuple[int, ...], face: FacePick) -> FoundFace:
-    """The face to evaluate of an image's ``found`` faces (largest first): the first, or the
-    one whose box centre is nearest the image's centre (the larger one on a tie)."""
-    if face == "largest":
-        return found[0]
+    """The face to evaluate of an image's ``found`` faces (largest first): the one the product
+    enrolls (``primary``, ``largest``), or the one whose box centre is nearest the image's
+    centre (the larger one on a tie)."""
     height, width = shape[:2]
+    if face != "centre":
+        [chosen] = choose_faces(found, face, width, height)
+        return chosen
 
     def off_centre(candidate: FoundFace) -> float:
         x, y, w, h = candidate.detection.box
@@ -209,7 +213,7 @@ def detect_and_align(
     limits: dict[str, int],
     progress: Progress = no_progress,
     locator: LandmarkLocator | None = None,
-    face: FacePick = "largest",
+    face: FacePick = "primary",
 ) -> DetectionPass:
     """Decode, detect and align every image in parallel threads (results in dataset order).
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facerank.faces.detect import Detection, FloatBox
+from facerank.faces.detect import Detection, FaceDetector, FloatBox, pixel_box
 from facerank.faces.netserve import ServedNet
 from facerank.imaging.resize import square_resize
 
@@ -137,6 +137,7 @@ class SsdFaceDetector:
     ``zoom_out``: margins of the searches after one finds no face (``()``: face-api's
     ``locateFaces`` exactly). ``unsure_floor``: the lowest score :meth:`unsure` offers (None:
     it offers nothing, as when a user set the threshold and it is to be taken literally).
+    ``fallback``: the detector :meth:`second_opinion` asks (None: none, for the same reason).
     Thread-safe: the model is loaded once, on first use, and its
     signature may be called from many threads at once.
     """
@@ -150,6 +151,7 @@ class SsdFaceDetector:
         min_confidence: float = SSD_MIN_CONFIDENCE,
         zoom_out: tuple[float, ...] = ZOOM_OUT_MARGINS,
         unsure_floor: float | None = SSD_UNSURE_CONFIDENCE,
+        fallback: FaceDetector | None = None,
     ) -> None:
         if min_face_size < 1 or max_faces < 1 or not 0.0 <= min_confidence < 1.0:
             raise ValueError("invalid detector parameters")
@@ -160,6 +162,7 @@ class SsdFaceDetector:
         self.min_confidence = min_confidence
         self.zoom_out = zoom_out
         self.unsure_floor = unsure_floor
+        self.fallback = fallback
         self._net = ServedNet(
             model_dir,
             what="SSD face detector",
@@ -192,6 +195,11 @@ class SsdFaceDetector:
         found = self._locate(image, self.unsure_floor)
         return self._detections(image, [(r, s) for r, s in found if s < self.min_confidence])
 
+    def second_opinion(self, image: np.ndarray) -> list[Detection]:
+        """The ``fallback`` detector's faces: what :func:`~facerank.faces.find.find_faces` asks
+        for when neither :meth:`detect` nor :meth:`unsure` gave it a face."""
+        return self.fallback.detect(image) if self.fallback is not None else []
+
     def _detections(
         self, image: np.ndarray, found: list[tuple[FloatBox, float]]
     ) -> list[Detection]:
@@ -199,7 +207,7 @@ class SsdFaceDetector:
         height, width = image.shape[:2]
         detections = [
             Detection(
-                box=_pixel_box(region, width, height),
+                box=pixel_box(region, width, height),
                 confidence=score,
                 detector="ssd",
                 region=region,
@@ -238,11 +246,3 @@ class SsdFaceDetector:
             (((x - border) / sx, (y - border) / sy, w / sx, h / sy), score)
             for (x, y, w, h), score in self._locate(canvas)
         ]
-
-
-def _pixel_box(region: FloatBox, width: int, height: int) -> tuple[int, int, int, int]:
-    """Whole pixels covering the rounded edges of ``region``, inside the image."""
-    x, y, w, h = region
-    left, top = max(0, round(x)), max(0, round(y))
-    right, bottom = min(width, round(x + w)), min(height, round(y + h))
-    return left, top, max(0, right - left), max(0, bottom - top)

@@ -43,7 +43,6 @@ from facerank.events import (
 from facerank.faces.align import GALLERY_CROP_256
 from facerank.gallery import EnrolledFace, Gallery, SourceRecord, face_id, identity_from_key
 from facerank.pipeline import (
-    Face,
     FacePipeline,
     NoFaceExplainer,
     alignment_from_settings,
@@ -52,7 +51,7 @@ from facerank.pipeline import (
 )
 from facerank.registry import ActivePointer, ModelRegistry, ServingModels
 from facerank.reindex import add_version, embed_served
-from facerank.settings import EnrollFaces, Settings
+from facerank.settings import Settings
 from facerank.storage import ObjectStore, StoredObject
 from functions.objects import Outcome, object_change, rejection
 
@@ -167,10 +166,10 @@ class EnrollHandler:
         does)."""
         info = stored.info
         pixels = pipeline.decode(stored.data).pixels
-        faces = pipeline.analyze(pixels).faces
-        if not faces:
+        found = pipeline.analyze(pixels)
+        if not found.faces:
             raise self._no_face.explain(pixels)
-        chosen = select_faces(faces, self.settings.enroll_faces)
+        chosen = found.chosen(self.settings.enroll_faces)
         crops = [pipeline.align(pixels, f, GALLERY_CROP_256).chip for f in chosen]
         embeddings = embed_served(pipeline, chosen, crops, embedders)
         record = SourceRecord(
@@ -178,7 +177,7 @@ class EnrollHandler:
             bucket=info.bucket,
             key=info.key,
             etag=info.etag,
-            faces_seen=len(faces),
+            faces_seen=len(found.faces),
             enrolled_at=datetime.now(UTC),
             faces=tuple(
                 EnrolledFace(
@@ -249,8 +248,3 @@ def build_handler(settings: Settings, store: ObjectStore) -> EnrollHandler:
     gallery = Gallery(store, settings.gallery_bucket)
     models = ServingModels(ModelRegistry(store, settings.models_bucket), settings)
     return EnrollHandler(settings, store, gallery, models)
-
-
-def select_faces(faces: list[Face], policy: EnrollFaces) -> list[Face]:
-    """The faces to enroll: the largest (detections come largest first) or all of them."""
-    return faces if policy == "all" else faces[:1]
