@@ -1,21 +1,24 @@
-"""LFW pairs: what each choice of the landmark chip is worth, faces found once for all.
+"""LFW pairs: what each choice of face and of landmark chip is worth, faces found once for all.
 
     .venv/bin/python bench/ablate_lfw_alignment.py --images DIR --pairs-train TRAIN.txt \\
         --pairs-test TEST.txt
 
 Needs the default pipeline's models (the SSD detector, the landmark net, dlib-r34-v1: converted
 into the facerank cache on first run) and LFW-style pairs files and images (``facerank eval
---pairs`` documents the layout). Every image's largest face and its landmarks are found once
+--pairs`` documents the layout). Every image's faces and their landmarks are found once
 (:func:`facerank.faces.find.find_faces`, as the pipeline finds them, the rescue of unsure faces
-included); then each variant builds its 150 px chips its own way, is embedded with the
-descriptor and scored by LFW's protocol (threshold fitted on the training pairs, test accuracy
-with a pair whose face was missed counted wrong):
+and HOG's second opinion included); then each variant picks a face and builds its 150 px chip
+its own way, is embedded with the descriptor and scored by LFW's protocol (threshold fitted on
+the training pairs, test accuracy with a pair whose face was missed counted wrong):
 
-* ``dlib68``: the product, dlib's chip rule for a 68-point shape (33 landmarks);
+* ``dlib68``: the product, dlib's chip rule for a 68-point shape (33 landmarks), on the primary
+  face (:mod:`facerank.faces.primary`);
+* ``dlib68-largest``: the same on the largest face, as the product enrolled before;
 * ``dlib5``: dlib's rule for a 5-point shape, on the same landmarks;
 * ``*-verified``: landmarks failing :func:`~facerank.faces.landmarks.plausible` (bounds measured
   on Haar boxes) align on the box's fixed eye positions instead, as SSD faces did before;
-* ``dlib68-no-rescue``: ``dlib68`` with the rescued faces counted as missed.
+* ``dlib68-no-second-opinion``: ``dlib68`` with the faces only HOG found counted as missed;
+* ``dlib68-no-rescue``: ``dlib68`` with the rescued faces and HOG's counted as missed.
 
 Prints a table and writes ``bench/results/lfw-alignment-ablation.json``.
 """
@@ -50,9 +53,10 @@ from facerank.faces.landmarks import (
     landmark_chip,
     plausible,
 )
+from facerank.faces.primary import choose_faces
 from facerank.imaging import read_image_file
 from facerank.pipeline import detector_from_settings, ordered_map
-from facerank.settings import Settings
+from facerank.settings import EnrollFaces, Settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lfw-alignment-ablation.json"
 
@@ -62,8 +66,28 @@ ChipRule = Callable[[np.ndarray, FoundFace], np.ndarray]
 @dataclass(frozen=True)
 class Face:
     pixels: np.ndarray
-    found: FoundFace
+    primary: FoundFace
+    largest: FoundFace
     rescued: bool
+    """Found below the SSD's threshold (an unsure face the landmarks verified)."""
+    second_opinion: bool
+    """Found by HOG, the SSD having found nothing."""
+
+    def chosen(self, policy: EnrollFaces) -> FoundFace:
+        return self.largest if policy == "largest" else self.primary
+
+
+@dataclass(frozen=True)
+class Variant:
+    rule: ChipRule
+    face: EnrollFaces = "primary"
+    rescue: bool = True
+    second_opinion: bool = True
+
+    def keeps(self, face: Face) -> bool:
+        return (self.rescue or not face.rescued) and (
+            self.second_opinion or not face.second_opinion
+        )
 
 
 def dlib68(pixels: np.ndarray, face: FoundFace) -> np.ndarray:
@@ -91,14 +115,15 @@ def verified(rule: ChipRule) -> ChipRule:
     return chip
 
 
-RULES: dict[str, tuple[ChipRule, bool]] = {
-    "dlib68": (dlib68, True),
-    "dlib5": (dlib5, True),
-    "dlib68-verified": (verified(dlib68), True),
-    "dlib5-verified": (verified(dlib5), True),
-    "dlib68-no-rescue": (dlib68, False),
+VARIANTS: dict[str, Variant] = {
+    "dlib68": Variant(dlib68),
+    "dlib68-largest": Variant(dlib68, face="largest"),
+    "dlib5": Variant(dlib5),
+    "dlib68-verified": Variant(verified(dlib68)),
+    "dlib5-verified": Variant(verified(dlib5)),
+    "dlib68-no-second-opinion": Variant(dlib68, second_opinion=False),
+    "dlib68-no-rescue": Variant(dlib68, rescue=False, second_opinion=False),
 }
-"""Each variant: its chip rule, and whether rescued faces count."""
 
 
 def find_all(images: Path, refs: list[ImageRef], settings: Settings) -> dict[ImageRef, Face]:
@@ -108,10 +133,14 @@ def find_all(images: Path, refs: list[ImageRef], settings: Settings) -> dict[Ima
 
     def find(ref: ImageRef) -> Face | None:
         pixels = read_image_file(images / ref.relative).pixels
-        found = find_faces(pixels, detector, locator)
-        if not found or found[0].landmarks is None:
+        found = [f for f in find_faces(pixels, detector, locator) if f.landmarks is not None]
+        if not found:
             return None
-        return Face(pixels, found[0], found[0].detection.confidence < threshold)
+        height, width = pixels.shape[:2]
+        [primary] = choose_faces(found, "primary", width, height)
+        by = found[0].detection
+        rescued = by.detector == "ssd" and by.confidence < threshold
+        return Face(pixels, primary, found[0], rescued, by.detector == "hog")
 
     faces = {}
     for done, (ref, face) in enumerate(
@@ -127,14 +156,19 @@ def find_all(images: Path, refs: list[ImageRef], settings: Settings) -> dict[Ima
 def score(
     faces: dict[ImageRef, Face],
     embedder: Embedder,
-    rule: ChipRule,
-    rescue: bool,
+    variant: Variant,
     train: PairsFile,
     test: PairsFile,
 ) -> dict[str, Any]:
-    kept = {ref: face for ref, face in faces.items() if rescue or not face.rescued}
+    kept = {ref: face for ref, face in faces.items() if variant.keeps(face)}
     refs = list(kept)
-    vectors = embedder.embed(np.stack([rule(kept[r].pixels, kept[r].found) for r in refs]))
+    chips = [
+        variant.rule(
+            kept[r].pixels, kept[r].largest if variant.face == "largest" else kept[r].primary
+        )
+        for r in refs
+    ]
+    vectors = embedder.embed(np.stack(chips))
     row = {ref: i for i, ref in enumerate(refs)}
 
     def distances(pairs: PairsFile) -> tuple[np.ndarray, np.ndarray]:
@@ -175,13 +209,14 @@ def main() -> None:
     refs = sorted({*train.images, *test.images})
     faces = find_all(args.images, refs, settings)
     variants = {
-        name: score(faces, embedder, rule, rescue, train, test)
-        for name, (rule, rescue) in RULES.items()
+        name: score(faces, embedder, variant, train, test) for name, variant in VARIANTS.items()
     }
     results = {
         "images": len(refs),
         "faces": len(faces),
         "rescued": sum(face.rescued for face in faces.values()),
+        "second_opinion": sum(face.second_opinion for face in faces.values()),
+        "primary_not_largest": sum(face.primary is not face.largest for face in faces.values()),
         "model_version": embedder.model_version,
         "train": str(args.pairs_train),
         "test": str(args.pairs_test),
@@ -189,10 +224,10 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
     }
-    print(f"{'variant':<18} {'accuracy':>9} {'found only':>11} {'threshold':>10}")
+    print(f"{'variant':<26} {'accuracy':>9} {'found only':>11} {'threshold':>10}")
     for name, v in variants.items():
         print(
-            f"{name:<18} {v['accuracy']:>9.2%} {v['accuracy_found']:>11.2%} {v['threshold']:>10.4f}"
+            f"{name:<26} {v['accuracy']:>9.2%} {v['accuracy_found']:>11.2%} {v['threshold']:>10.4f}"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -133,9 +133,11 @@ def test_ablate_lfw_alignment(
     assert results["faces"] == 6
     assert set(results["variants"]) == {
         "dlib68",
+        "dlib68-largest",
         "dlib5",
         "dlib68-verified",
         "dlib5-verified",
+        "dlib68-no-second-opinion",
         "dlib68-no-rescue",
     }
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in results["variants"].values())
