@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="find faces in images and print their boxes as JSON Lines",
         description="Print one JSON object per image: its size and every face found "
         "(largest first) with box [x, y, w, h], confidence, the detector that found it "
-        "('ssd' or 'haar'), the eyes found, and how its chip "
+        "('ssd', 'hog' when the SSD found none, or 'haar'), the eyes found, and how its chip "
         "is aligned: from 68 landmarks ('landmarks'), its eyes ('eyes') or its box ('box').",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
