@@ -4,12 +4,19 @@ Tests must pass alone and in any order; this option is how that is checked witho
 from outside. Tests stay grouped by module (module-scoped servers are started once either way):
 ``reverse`` reverses the modules and the tests in each, ``shuffle`` shuffles both with a seed
 that the header prints, so a failing order can be replayed.
+
+Under pytest-xdist every worker collects and orders the suite itself, and the controller hands
+out whole modules (``--dist loadfile``) in the order the workers collected: a reversed run
+reverses the order modules are handed out in and the tests within each, but which worker runs
+which module still depends on timing. The shuffle seed is the controller's, passed to each
+worker, since workers that shuffled differently would collect different orders.
 """
 
 from __future__ import annotations
 
 import random
 from itertools import groupby
+from typing import Any
 
 import pytest
 
@@ -29,7 +36,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if mode not in ("file", "reverse", "shuffle"):
         raise pytest.UsageError(f"--order must be file, reverse or shuffle[:SEED], not {mode!r}")
     if mode == "shuffle":
-        config.stash[SEED] = int(seed) if seed else random.SystemRandom().randrange(10**6)
+        worker_input = getattr(config, "workerinput", {})
+        if seed:
+            config.stash[SEED] = int(seed)
+        elif "order_seed" in worker_input:
+            config.stash[SEED] = int(worker_input["order_seed"])
+        else:
+            config.stash[SEED] = random.SystemRandom().randrange(10**6)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist's controller, per worker it starts: the same shuffle seed for each."""
+    if SEED in node.config.stash:
+        node.workerinput["order_seed"] = node.config.stash[SEED]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
