@@ -5,11 +5,13 @@ from outside. Tests stay grouped by module (module-scoped servers are started on
 ``reverse`` reverses the modules and the tests in each, ``shuffle`` shuffles both with a seed
 that the header prints, so a failing order can be replayed.
 
-Under pytest-xdist every worker collects and orders the suite itself, and the controller hands
-out whole modules (``--dist loadfile``) in the order the workers collected: a reversed run
-reverses the order modules are handed out in and the tests within each, but which worker runs
-which module still depends on timing. The shuffle seed is the controller's, passed to each
-worker, since workers that shuffled differently would collect different orders.
+Under pytest-xdist (``make test``: ``-n 2 --dist loadfile``) the controller hands out whole
+modules. In file order it hands out the modules with the most tests first (xdist's default
+``--loadscope-reorder``), which keeps both workers busy to the end. Another order turns that
+off, so the modules are handed out in the order chosen and each worker runs its share in that
+order with the tests in each reversed or shuffled; which worker gets which module still depends
+on timing. The shuffle seed is the controller's, passed to each worker, since workers that
+shuffled differently would collect different orders.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
     mode, _, seed = config.getoption("--order").partition(":")
     if mode not in ("file", "reverse", "shuffle"):
         raise pytest.UsageError(f"--order must be file, reverse or shuffle[:SEED], not {mode!r}")
+    if mode != "file" and hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # pytest-xdist: hand modules out in this order
     if mode == "shuffle":
         worker_input = getattr(config, "workerinput", {})
         if seed:
