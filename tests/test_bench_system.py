@@ -1,11 +1,6 @@
 """The ``bench/`` scripts that measure the running system run, at tiny sizes.
 
-Every script has its test in one of the two bench modules but the two helpers, covered
-through their users: ``predict_server.py`` runs as ``bench_predict.py``'s servers (both
-searches, its bench embedder included) and lends ``bench_gallery_scale.py`` its synthetic
-gallery; ``sidebyside.py``'s ``Ratio`` and ``time_pair`` feed ``bench_predict.py``,
-``bench_alignment.py``, ``bench_grpc_startup.py`` and ``bench_training.py``. How they run:
-``tests/plugins/bench.py``. Marked ``bench``: ``-m "not bench"`` leaves them out of a quick run.
+How they run, and which script is tested where: ``tests/plugins/bench.py``.
 """
 
 from __future__ import annotations
