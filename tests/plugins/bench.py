@@ -10,13 +10,13 @@ converted caches (``tests/plugins/pretrained.py``) through ``FACERANK_CACHE_DIR`
 
 The smokes are two modules, ``tests/test_bench.py`` (models and experiments) and
 ``tests/test_bench_system.py`` (the running system), of about the same length: pytest-xdist
-hands out whole modules, and one module of all of them kept one worker busy long after the
-other had finished. Every script has its test in one of them but the two helpers, covered
-through their users: ``predict_server.py`` runs as ``bench_predict.py``'s servers (both
-searches, its bench embedder included) and lends ``bench_gallery_scale.py`` its synthetic
-gallery; ``sidebyside.py``'s ``Ratio`` and ``time_pair`` feed ``bench_predict.py``,
-``bench_alignment.py``, ``bench_grpc_startup.py`` and ``bench_training.py``. Marked ``bench``:
-``-m "not bench"`` leaves them out of a quick run.
+hands out whole modules, and one module of all of them, handed out late (as in a reversed
+run), would keep one worker busy long after the other had finished. Every script has its
+test in one of them but the two helpers, covered through their users: ``predict_server.py``
+runs as ``bench_predict.py``'s servers (both searches, its bench embedder included) and lends
+``bench_gallery_scale.py`` its synthetic gallery; ``sidebyside.py``'s ``Ratio`` and
+``time_pair`` feed ``bench_predict.py``, ``bench_alignment.py``, ``bench_grpc_startup.py`` and
+``bench_training.py``. Marked ``bench``: ``-m "not bench"`` leaves them out of a quick run.
 """
 
 from __future__ import annotations
