@@ -2,7 +2,10 @@
 # the venv is rebuilt only when pyproject.toml changes.
 #   make up    set everything up and run `facerank up --demo` (UP_ARGS= for no demo)
 #   make test  set everything up and run the linters and the test suite in strict mode: a test
-#              that would skip for a missing part fails (PYTEST_ARGS="--order reverse" etc.)
+#              that would skip for a missing part fails (PYTEST_ARGS="--order reverse" etc.),
+#              on PYTEST_WORKERS pytest-xdist workers (2; 0 runs it in this one process), each
+#              handed whole modules, so a module's shared servers start once. --order reverse
+#              then reverses the order modules are handed out in and the tests within each.
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,6 +17,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 UP_ARGS ?= --demo
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 
 .PHONY: up test lint setup setup-test clean
 
@@ -21,7 +25,7 @@ up: $(RUNTIME_STAMP)
 	$(BIN)/facerank up $(UP_ARGS)
 
 test: $(TEST_STAMP) lint
-	FACERANK_TEST_STRICT=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	FACERANK_TEST_STRICT=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

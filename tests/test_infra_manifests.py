@@ -9,7 +9,6 @@ a typo in a Secret name or a Trigger subscriber validates fine and breaks only i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,14 +53,25 @@ KNATIVE = "serving.knative.dev"
 KSERVE = "serving.kserve.io"
 
 
-def all_documents() -> Iterator[tuple[str, Document]]:
-    for overlay in OVERLAYS:
-        for document in collectable(overlay):
-            yield overlay, document
+GENERATED_SUFFIX = re.compile(r"-[bcdfghkmt2-9]{10}$")
+"""The content hash kustomize appends to a generated Secret's or ConfigMap's name (its encoding
+maps hex digits onto this alphabet): prod's secrets are random, so it differs per render."""
 
 
 def document_id(item: tuple[str, Document]) -> str:
-    return f"{item[0]}:{identify(item[1])}"
+    """The test id of one rendered document, the same in every render: pytest-xdist's workers
+    each render the overlays and must collect the same ids in the same order."""
+    overlay, document = item
+    name = identify(document)
+    if document["kind"] in ("Secret", "ConfigMap"):
+        name = GENERATED_SUFFIX.sub("", name)
+    return f"{overlay}:{name}"
+
+
+def all_documents() -> list[tuple[str, Document]]:
+    """Every rendered document with its overlay, in the order of their ids (see above)."""
+    items = [(overlay, document) for overlay in OVERLAYS for document in collectable(overlay)]
+    return sorted(items, key=document_id)
 
 
 # --- rendering and schemas ------------------------------------------------------------------

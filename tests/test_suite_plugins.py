@@ -80,3 +80,35 @@ def test_shuffle_keeps_modules_together_and_replays_from_its_seed(
     assert sorted(first) != first  # seed 7 does move them
     modules = [name.split("::")[0] for name in first]
     assert modules == sorted(modules, key=modules.index)  # each module's tests together
+
+
+def test_under_xdist_reverse_hands_out_modules_in_reverse(pytester: pytest.Pytester) -> None:
+    """xdist hands out the module with the most tests first unless an order is asked for: one
+    worker then runs test_b (one test) before test_a (two), as without xdist."""
+    pytester.makepyfile(
+        test_a="def test_1(): pass\ndef test_2(): pass\n", test_b="def test_1(): pass\n"
+    )
+    args = ("-p", "tests.plugins.order", "-n", "1", "--dist", "loadfile", "-v")
+    ran = {}
+    for order in ("file", "reverse"):
+        result = pytester.runpytest_subprocess(*args, "--order", order)
+        result.assert_outcomes(passed=3)
+        ran[order] = [line.split()[-1] for line in result.outlines if " PASSED " in line]
+    assert ran["file"] == ["test_a.py::test_1", "test_a.py::test_2", "test_b.py::test_1"]
+    assert ran["reverse"] == ["test_b.py::test_1", "test_a.py::test_2", "test_a.py::test_1"]
+
+
+def test_under_xdist_every_worker_shuffles_with_the_controllers_seed(
+    pytester: pytest.Pytester,
+) -> None:
+    """Without a seed each process would draw its own and the workers' collections differ,
+    which xdist refuses to run."""
+    pytester.makepyfile(
+        test_a="".join(f"def test_{i}(): pass\n" for i in range(6)),
+        test_b="".join(f"def test_{i}(): pass\n" for i in range(6)),
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "tests.plugins.order", "-n", "2", "--dist", "loadfile", "--order", "shuffle"
+    )
+    result.assert_outcomes(passed=12)
+    result.stdout.no_fnmatch_line("*Different tests collected*")
