@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SKIPPING = """
 import pytest
@@ -82,6 +87,16 @@ def test_shuffle_keeps_modules_together_and_replays_from_its_seed(
     assert modules == sorted(modules, key=modules.index)  # each module's tests together
 
 
+@pytest.fixture
+def importable_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytest subprocess (and its xdist workers) can import ``tests.plugins``: ``make test``
+    puts no repository path on ``PYTHONPATH``, pytest's own rootdir insertion reaches only the
+    process it runs in."""
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), path])))
+
+
+@pytest.mark.usefixtures("importable_plugins")
 def test_under_xdist_reverse_hands_out_modules_in_reverse(pytester: pytest.Pytester) -> None:
     """xdist hands out the module with the most tests first unless an order is asked for: one
     worker then runs test_b (one test) before test_a (two), as without xdist."""
@@ -98,6 +113,7 @@ def test_under_xdist_reverse_hands_out_modules_in_reverse(pytester: pytest.Pytes
     assert ran["reverse"] == ["test_b.py::test_1", "test_a.py::test_2", "test_a.py::test_1"]
 
 
+@pytest.mark.usefixtures("importable_plugins")
 def test_under_xdist_every_worker_shuffles_with_the_controllers_seed(
     pytester: pytest.Pytester,
 ) -> None:
