@@ -42,7 +42,7 @@ from facerank.descriptor.pretrained import ensure_pretrained
 from facerank.descriptor.ssd import ensure_ssd_model
 from facerank.embedding import Embedder, load_embedder
 from facerank.evaluation.pairs import ImageRef, PairsFile, read_pairs
-from facerank.evaluation.verification import fit_threshold
+from facerank.evaluation.verification import fit_threshold, score_at
 from facerank.faces import DLIB_CHIP_150, LandmarkLocator, align_face
 from facerank.faces.align import similarity_transform, warp_chip
 from facerank.faces.find import FoundFace, find_faces
@@ -162,12 +162,7 @@ def score(
 ) -> dict[str, Any]:
     kept = {ref: face for ref, face in faces.items() if variant.keeps(face)}
     refs = list(kept)
-    chips = [
-        variant.rule(
-            kept[r].pixels, kept[r].largest if variant.face == "largest" else kept[r].primary
-        )
-        for r in refs
-    ]
+    chips = [variant.rule(kept[r].pixels, kept[r].chosen(variant.face)) for r in refs]
     vectors = embedder.embed(np.stack(chips))
     row = {ref: i for i, ref in enumerate(refs)}
 
@@ -183,15 +178,12 @@ def score(
         )
         return d, np.array([p.same for p in pairs.pairs])
 
-    threshold = fit_threshold(*distances(train))
-    d, same = distances(test)
-    found = ~np.isnan(d)
-    correct = found & ((d <= threshold) == same)
+    scored = score_at(*distances(test), fit_threshold(*distances(train)))
     return {
-        "accuracy": float(correct.mean()),
-        "accuracy_found": float(correct[found].mean()),
-        "threshold": threshold,
-        "test_pairs_missed": int((~found).sum()),
+        "accuracy": scored.accuracy,
+        "accuracy_found": scored.found_accuracy,
+        "threshold": scored.threshold,
+        "test_pairs_missed": scored.pairs - scored.found,
     }
 
 
