@@ -76,15 +76,16 @@ def embed_subjects(
 ) -> Iterator[Outcome]:
     """Embed each file's face (:meth:`~facerank.pipeline.ImageFaces.subject` of ``policy``) in
     batches of ``BATCH_SIZE``, yielding in input order."""
-    batch: list[FileResult] = []
+    batch: list[tuple[FileResult, Face | None]] = []
     faces_in_batch = 0
     for result in results:
-        batch.append(result)
-        faces_in_batch += _subject(result, policy) is not None
+        face = _subject(result, policy)
+        batch.append((result, face))
+        faces_in_batch += face is not None
         if faces_in_batch >= BATCH_SIZE:
-            yield from _embed_batch(pipeline, batch, policy)
+            yield from _embed_batch(pipeline, batch)
             batch, faces_in_batch = [], 0
-    yield from _embed_batch(pipeline, batch, policy)
+    yield from _embed_batch(pipeline, batch)
 
 
 def _subject(result: FileResult, policy: EnrollFaces) -> Face | None:
@@ -94,11 +95,11 @@ def _subject(result: FileResult, policy: EnrollFaces) -> Face | None:
 
 
 def _embed_batch(
-    pipeline: FacePipeline, batch: list[FileResult], policy: EnrollFaces
+    pipeline: FacePipeline, batch: list[tuple[FileResult, Face | None]]
 ) -> Iterator[Outcome]:
-    faces = [_subject(r, policy) for r in batch]
-    vectors = iter(pipeline.embed([f for f in faces if f is not None]))
-    for result, face in zip(batch, faces, strict=True):
+    """The batch's faces embedded in one call; each file's outcome in batch order."""
+    vectors = iter(pipeline.embed([face for _, face in batch if face is not None]))
+    for result, face in batch:
         if isinstance(result.result, FacerankError):
             yield result.path, result.result
         elif face is None:
