@@ -68,12 +68,12 @@ SSD_BOXES = BoxGeometry(
 )
 """SSD boxes go to the landmark net unchanged, as face-api feeds them, and the chip always
 follows the landmarks: at the SSD's threshold a box holds a face, and the verification, tuned
-to refuse Haar's false detections, sent 117 of LFW View 1's 4,966 faces (turned heads, fit
-errors up to 0.09) to the box's fixed eye positions, which cost DevTest 1.3 points
-(``bench/results/lfw-alignment-ablation.json``). Eyes: the median eye
-centres of plausible landmarks in the SSD boxes of AT&T's 400 faces (``bench/
-survey_detectors.py``: x 0.294 and 0.736, heights 0.376 and 0.384, averaged so a box-aligned
-chip is not rolled)."""
+to refuse Haar's false detections, sent 117 of the 4,966 LFW View 1 faces it was first
+measured on (turned heads, fit errors up to 0.09) to the box's fixed eye positions, which
+costs DevTest 1.4 points (``bench/results/lfw-alignment-ablation.json``,
+``dlib68-verified``). Eyes: the median eye centres of plausible landmarks in the SSD boxes of
+AT&T's 400 faces (``bench/survey_detectors.py``: x 0.294 and 0.736, heights 0.376 and 0.384,
+averaged so a box-aligned chip is not rolled)."""
 
 HOG_BOXES = SSD_BOXES
 """dlib's HOG boxes are reported where the SSD would put its box on the same face
@@ -133,6 +133,17 @@ def pixel_box(region: FloatBox, width: int, height: int) -> Box:
     left, top = max(0, round(x)), max(0, round(y))
     right, bottom = min(width, round(x + w)), min(height, round(y + h))
     return left, top, max(0, right - left), max(0, bottom - top)
+
+
+def largest_first(
+    detections: list[Detection], min_face_size: int, max_faces: int
+) -> list[Detection]:
+    """The ``detections`` at least ``min_face_size`` pixels on their shorter side, largest
+    first, at most ``max_faces``; ties are broken by position, so the order never depends on
+    the detector's scores."""
+    kept = [d for d in detections if min(d.box[2:]) >= min_face_size]
+    kept.sort(key=lambda d: (-d.area, d.box[1], d.box[0]))
+    return kept[:max_faces]
 
 
 FRAME_PAD = 0.15

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from facerank.faces.detect import Detection, FloatBox, pixel_box
+from facerank.faces.detect import Detection, FloatBox, largest_first, pixel_box
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,17 @@ class HogFaceDetector:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             searched = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         rects, scores, _ = self._detector().run(np.ascontiguousarray(searched), 1, HOG_MIN_SCORE)
-        detections = []
-        for rect, score in zip(rects, scores, strict=True):
-            region = _ssd_region(rect, scale)
-            box = pixel_box(region, width, height)
-            if min(box[2:]) >= self.min_face_size:
-                detections.append(
-                    Detection(box=box, confidence=float(score), detector="hog", region=region)
-                )
-        detections.sort(key=lambda d: (-d.area, d.box[1], d.box[0]))
-        return detections[: self.max_faces]
+        regions = [_ssd_region(rect, scale) for rect in rects]
+        detections = [
+            Detection(
+                box=pixel_box(region, width, height),
+                confidence=float(score),
+                detector="hog",
+                region=region,
+            )
+            for region, score in zip(regions, scores, strict=True)
+        ]
+        return largest_first(detections, self.min_face_size, self.max_faces)
 
     def _detector(self) -> object:
         detector = getattr(self._local, "detector", None)

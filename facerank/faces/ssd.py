@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facerank.faces.detect import Detection, FaceDetector, FloatBox, pixel_box
+from facerank.faces.detect import Detection, FaceDetector, FloatBox, largest_first, pixel_box
 from facerank.faces.netserve import ServedNet
 from facerank.imaging.resize import square_resize
 
@@ -214,10 +214,7 @@ class SsdFaceDetector:
             )
             for region, score in found
         ]
-        detections = [d for d in detections if min(d.box[2:]) >= self.min_face_size]
-        # Largest first; ties broken by position so the order never depends on the scores'.
-        detections.sort(key=lambda d: (-d.area, d.box[1], d.box[0]))
-        return detections[: self.max_faces]
+        return largest_first(detections, self.min_face_size, self.max_faces)
 
     def _locate(
         self, image: np.ndarray, threshold: float | None = None
