@@ -13,10 +13,10 @@ The chip transform is dlib's ``get_face_chip_details`` for a 68-point shape, pix
 a least-squares similarity from dlib's mean face to 33 of the landmarks (eyes, nose, outer
 lips: dlib leaves out the jaw, the brows and the lower lip), turned into dlib's extraction
 rectangle whose corners are chip pixels ``0`` and ``size - 1``. Fitting 33 points rather than
-dlib's five averages out the landmark net's errors: LFW View 1 DevTest 98.2 % against 97.8 %
-with the five (SSD boxes, dlib-r34-v1; ``bench/results/lfw-alignment-ablation.json``). Whether
-the landmarks look like a face is still judged on the five (:func:`plausible`), where its
-bounds were measured.
+dlib's five averages out the landmark net's errors: LFW View 1 DevTest 98.7 % against 98.2 %
+with the five (the default pipeline, dlib-r34-v1; ``bench/results/lfw-alignment-ablation.json``).
+Whether the landmarks look like a face is still judged on the five (:func:`plausible`), where
+its bounds were measured.
 
 TensorFlow is imported only when :class:`LandmarkLocator` first runs its model.
 """
